@@ -1,0 +1,77 @@
+"""The application factory: config, extensions, blueprints, error handlers, CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from flask import Flask
+from sqlalchemy import Engine
+
+import config as config_module
+from app.db import make_engine
+
+log = logging.getLogger("results_repo")
+
+
+@dataclass
+class State:
+    """Per-app objects (nothing global): engine, registry, enabled types, zone."""
+
+    engine: Engine
+    registry: object
+    enabled_types: frozenset[str]
+    tz: ZoneInfo
+
+
+def default_database_url(instance_path: str) -> str:
+    Path(instance_path).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(instance_path) / 'results.db'}"
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_path=os.environ.get("RESULTS_REPO_INSTANCE", None) or None)
+    env = os.environ.get("RESULTS_REPO_ENV", "development").lower()
+    base = {"production": config_module.ProductionConfig, "testing": config_module.TestingConfig}.get(
+        env, config_module.DevelopmentConfig
+    )
+    app.config.from_object(base)
+    app.config.update(config_module.from_environment())
+    if config:
+        app.config.update(config)
+    if not app.config.get("DATABASE_URL"):
+        app.config["DATABASE_URL"] = default_database_url(app.instance_path)
+    if not app.config.get("SECRET_KEY"):
+        if env == "production":
+            raise RuntimeError("SECRET_KEY must be set in the environment for production.")
+        # A per-process key: paging cursors simply stop working after a restart.
+        app.config["SECRET_KEY"] = os.urandom(32).hex()
+        log.warning("SECRET_KEY not set; using a random per-process key (set SECRET_KEY to keep cursors valid).")
+
+    from app.indexing.registry import load_registry
+
+    enabled = list(app.config["ENABLED_RESOURCE_TYPES"])
+    app.extensions["results_repo"] = State(
+        engine=make_engine(app.config["DATABASE_URL"], echo=app.config.get("SQL_ECHO", False)),
+        registry=load_registry(enabled),
+        enabled_types=frozenset(enabled),
+        tz=ZoneInfo(app.config["SERVER_TIMEZONE"]),
+    )
+
+    from app.api import errors, fhir
+
+    errors.register(app)
+    fhir.register(app)
+
+    @app.get("/")
+    def _root():
+        return {
+            "service": "Regional results repository (FHIR R4)",
+            "fhir_base": (app.config.get("PUBLIC_BASE_URL") or "/fhir"),
+            "capabilities": "/fhir/metadata",
+        }
+
+    return app

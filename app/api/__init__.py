@@ -1,0 +1,1 @@
+"""HTTP adapter: Flask blueprints over the framework-free interactions."""

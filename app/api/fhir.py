@@ -1,0 +1,167 @@
+"""The FHIR REST blueprint at /fhir: routes map one-to-one onto interactions."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, current_app, request
+
+from app.api.negotiation import (
+    check_accept,
+    fhir_response,
+    prefer_handling,
+    require_json_body,
+)
+from app.fhir.errors import FhirError
+from app.fhir.jsonutil import loads_body
+from app.interactions import bundle as bundle_ix
+from app.interactions import history as history_ix
+from app.interactions import read as read_ix
+from app.interactions import write as write_ix
+from app.interactions.capabilities import capability_statement
+from app.interactions.common import parse_if_match
+from app.interactions.context import FhirContext, from_app
+
+bp = Blueprint("fhir", __name__, url_prefix="/fhir")
+
+
+def ctx() -> FhirContext:
+    base = current_app.config.get("PUBLIC_BASE_URL") or (request.host_url.rstrip("/") + "/fhir")
+    return from_app(current_app, base)
+
+
+@bp.before_request
+def _negotiate() -> None:
+    check_accept(request)
+
+
+def _json_body() -> object:
+    require_json_body(request)
+    return loads_body(request.get_data(cache=False))
+
+
+def _args() -> dict[str, str]:
+    return {k: v for k, v in request.args.items()}
+
+
+@bp.get("/metadata")
+def metadata() -> Response:
+    from app.fhir.jsonutil import dumps
+
+    return Response(dumps(capability_statement(ctx(), current_app.config)), content_type="application/fhir+json; charset=utf-8")
+
+
+@bp.post("")
+@bp.post("/")
+def base_bundle() -> Response:
+    body = _json_body()
+    # Bundle responses carry resources only when asked: they can be large.
+    explicit = "return=representation" in request.headers.get("Prefer", "")
+    return fhir_response(bundle_ix.process(ctx(), body, explicit))
+
+
+@bp.get("/_history")
+def system_history() -> Response:
+    return fhir_response(history_ix.history(ctx(), None, None, _args()))
+
+
+@bp.get("/<res_type>")
+def type_search(res_type: str) -> Response:
+    from app.interactions.search import search_type
+
+    return fhir_response(search_type(ctx(), res_type, list(request.args.items(multi=True)), strict=prefer_handling(request) == "strict"))
+
+
+@bp.post("/<res_type>/_search")
+def type_search_post(res_type: str) -> Response:
+    from app.interactions.search import search_type
+
+    if request.mimetype != "application/x-www-form-urlencoded":
+        raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded parameters.")
+    params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
+    return fhir_response(search_type(ctx(), res_type, params, strict=prefer_handling(request) == "strict"))
+
+
+@bp.post("/<res_type>")
+def create(res_type: str) -> Response:
+    c = ctx()
+    c.check_type(res_type)
+    body = _json_body()
+    return fhir_response(write_ix.create(c, res_type, body, request.headers.get("If-None-Exist")), request, write=True)
+
+
+@bp.put("/<res_type>")
+def conditional_update(res_type: str) -> Response:
+    c = ctx()
+    c.check_type(res_type)
+    body = _json_body()
+    return fhir_response(
+        write_ix.conditional_update(c, res_type, request.query_string.decode(), body, parse_if_match(request.headers.get("If-Match"))),
+        request,
+        write=True,
+    )
+
+
+@bp.patch("/<res_type>")
+def conditional_patch(res_type: str) -> Response:
+    c = ctx()
+    c.check_type(res_type)
+    doc = _patch_doc()
+    return fhir_response(write_ix.patch(c, res_type, None, request.query_string.decode(), doc, parse_if_match(request.headers.get("If-Match"))), request, write=True)
+
+
+@bp.delete("/<res_type>")
+def conditional_delete(res_type: str) -> Response:
+    c = ctx()
+    return fhir_response(write_ix.delete(c, res_type, None, request.query_string.decode()), request, write=True)
+
+
+@bp.get("/<res_type>/_history")
+def type_history(res_type: str) -> Response:
+    return fhir_response(history_ix.history(ctx(), res_type, None, _args()))
+
+
+@bp.get("/<res_type>/<res_id>")
+def read(res_type: str, res_id: str) -> Response:
+    return fhir_response(read_ix.read(ctx(), res_type, res_id))
+
+
+@bp.put("/<res_type>/<res_id>")
+def update(res_type: str, res_id: str) -> Response:
+    c = ctx()
+    c.check_type(res_type)
+    body = _json_body()
+    return fhir_response(write_ix.update(c, res_type, res_id, body, parse_if_match(request.headers.get("If-Match"))), request, write=True)
+
+
+def _patch_doc() -> object:
+    if request.mimetype != "application/json-patch+json":
+        raise FhirError(415, "not-supported", "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json).")
+    return loads_body(request.get_data(cache=False))
+
+
+@bp.patch("/<res_type>/<res_id>")
+def patch(res_type: str, res_id: str) -> Response:
+    c = ctx()
+    c.check_type(res_type)
+    doc = _patch_doc()
+    return fhir_response(write_ix.patch(c, res_type, res_id, None, doc, parse_if_match(request.headers.get("If-Match"))), request, write=True)
+
+
+@bp.delete("/<res_type>/<res_id>")
+def delete(res_type: str, res_id: str) -> Response:
+    return fhir_response(
+        write_ix.delete(ctx(), res_type, res_id, None, parse_if_match(request.headers.get("If-Match"))), request, write=True
+    )
+
+
+@bp.get("/<res_type>/<res_id>/_history")
+def instance_history(res_type: str, res_id: str) -> Response:
+    return fhir_response(history_ix.history(ctx(), res_type, res_id, _args()))
+
+
+@bp.get("/<res_type>/<res_id>/_history/<version>")
+def vread(res_type: str, res_id: str, version: str) -> Response:
+    return fhir_response(read_ix.vread(ctx(), res_type, res_id, version))
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)

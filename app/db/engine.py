@@ -1,0 +1,54 @@
+"""Engine creation for SQLite (embedded default) and PostgreSQL (production).
+
+SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` for write units of work, so two writers
+queue instead of failing half-way with "database is locked" when a read lock is upgraded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine, create_engine, event
+
+
+def is_sqlite(engine_or_conn: Engine | Connection) -> bool:
+    return engine_or_conn.dialect.name == "sqlite"
+
+
+def make_engine(url: str, echo: bool = False) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, echo=echo, connect_args={"check_same_thread": False, "timeout": 60}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn, _record):  # noqa: ANN001
+            # Let SQLAlchemy's "begin" event decide how a transaction starts.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            if conn.get_execution_options().get("write"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
+
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+@contextmanager
+def unit_of_work(engine: Engine, write: bool = False) -> Iterator[Connection]:
+    """One database transaction: commits on success, rolls back on any exception."""
+    with engine.connect() as conn:
+        if write:
+            conn = conn.execution_options(write=True)
+        with conn.begin():
+            yield conn

@@ -1,0 +1,1 @@
+"""FHIR glue: OperationOutcome errors, validation, JSON helpers, Bundle builders."""

@@ -1,0 +1,1 @@
+"""One module per FHIR interaction, working on the storage core; no Flask here."""

@@ -1,0 +1,80 @@
+"""What an interaction needs to run: engine, registry, limits, the caller-visible base URL."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine
+
+from app.fhir.errors import FhirError
+from app.storage.repository import Repository
+
+TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+ID_RE = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
+
+
+@dataclass
+class Result:
+    """An interaction's answer, independent of HTTP framework."""
+
+    status: int
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    resource: bytes | None = None  # the stored resource (for Prefer handling on writes)
+    outcome: dict | None = None  # an informational OperationOutcome (Prefer: return=OperationOutcome)
+
+
+@dataclass
+class FhirContext:
+    engine: Engine
+    registry: object
+    enabled_types: frozenset[str]
+    base_url: str
+    tz: ZoneInfo
+    secret_key: str
+    max_bundle_entries: int = 1000
+    default_page_size: int = 50
+    max_page_size: int = 1000
+
+    def index_fn(self):
+        from app.indexing.extract import extract
+
+        return partial(extract, self.registry, tz=self.tz)
+
+    def repo(self, conn: Connection) -> Repository:
+        return Repository(conn, self.index_fn(), self.enabled_types, self.base_url)
+
+    def check_type(self, res_type: str) -> None:
+        if not TYPE_RE.match(res_type) or res_type not in self.enabled_types:
+            raise FhirError(
+                404,
+                "not-supported",
+                f"Resource type '{res_type[:64]}' is not supported by this server. "
+                f"Supported types: {', '.join(sorted(self.enabled_types))}.",
+            )
+
+    @staticmethod
+    def check_id(res_id: str) -> None:
+        if not ID_RE.match(res_id):
+            raise FhirError(400, "invalid", f"'{res_id[:80]}' is not a valid resource id ([A-Za-z0-9-.]{{1,64}}).")
+
+
+def from_app(app, base_url: str | None = None) -> FhirContext:
+    """A context for work outside a request (CLI, loader, workers). ``app`` is the Flask app."""
+    state = app.extensions["results_repo"]
+    cfg = app.config
+    base = base_url or cfg.get("PUBLIC_BASE_URL") or "http://localhost:8080/fhir"
+    return FhirContext(
+        engine=state.engine,
+        registry=state.registry,
+        enabled_types=state.enabled_types,
+        base_url=base.rstrip("/"),
+        tz=state.tz,
+        secret_key=cfg["SECRET_KEY"],
+        max_bundle_entries=cfg["MAX_BUNDLE_ENTRIES"],
+        default_page_size=cfg["DEFAULT_PAGE_SIZE"],
+        max_page_size=cfg["MAX_PAGE_SIZE"],
+    )

@@ -1,0 +1,1 @@
+"""Versioned resource storage: tables and the repository that writes and reads them."""

@@ -1,0 +1,51 @@
+"""Finding and rewriting references inside resource JSON.
+
+A reference is any object with a string ``reference`` member (Reference.reference); the walk is
+generic so it covers every place a Reference can appear, extensions included.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+_REL = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-\.]{1,64})(?:/_history/[A-Za-z0-9\-\.]{1,64})?$")
+
+
+def iter_references(node: object, path: str = "") -> Iterator[tuple[str, str]]:
+    """Yield (path, reference string) for every Reference.reference in the resource."""
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str):
+            yield path, ref
+        for key, value in node.items():
+            if key == "contained" or key == "reference":
+                continue
+            if isinstance(value, (dict, list)):
+                yield from iter_references(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from iter_references(item, f"{path}[{i}]")
+
+
+def parse_reference(ref: str, base_url: str | None) -> tuple[str, str] | None:
+    """``Type/id`` (relative, or absolute on our own base) as (type, id); None for anything else."""
+    if base_url and ref.startswith(base_url.rstrip("/") + "/"):
+        ref = ref[len(base_url.rstrip("/")) + 1 :]
+    m = _REL.match(ref)
+    if not m:
+        return None
+    return m.group(1), m.group(2)
+
+
+def rewrite_strings(node: object, fn: Callable[[str, str], str | None], key: str = "") -> object:
+    """Return ``node`` with each string value ``s`` under member ``key`` replaced by fn(key, s)
+    when that is not None. Used for urn:uuid and conditional-reference resolution."""
+    if isinstance(node, dict):
+        return {k: rewrite_strings(v, fn, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [rewrite_strings(v, fn, key) for v in node]
+    if isinstance(node, str):
+        new = fn(key, node)
+        return node if new is None else new
+    return node

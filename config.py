@@ -1,0 +1,89 @@
+"""Configuration layers: these classes, then the environment, then a test dict.
+
+Nothing here reads a secret from source: ``SECRET_KEY`` and ``DATABASE_URL`` come from the
+environment (or the test dict).
+"""
+
+from __future__ import annotations
+
+import os
+
+RESULTS_RESOURCE_TYPES = [
+    "Patient",
+    "Observation",
+    "DiagnosticReport",
+    "ImagingStudy",
+    "Specimen",
+    "ServiceRequest",
+    "Encounter",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Endpoint",
+    "Media",
+    "DocumentReference",
+    "Group",
+    "Provenance",
+]
+
+
+class Config:
+    # Flask / signing
+    SECRET_KEY: str | None = None
+    # SQLAlchemy URL; None means "SQLite file in the instance folder".
+    DATABASE_URL: str | None = None
+    # The FHIR base URL as callers see it (e.g. https://results.example.nhs.uk/fhir).
+    # None means "derive from the request": fine for a laptop, wrong behind a proxy.
+    PUBLIC_BASE_URL: str | None = None
+    # Resource types the server accepts; others get 404 not-supported.
+    ENABLED_RESOURCE_TYPES: list[str] = RESULTS_RESOURCE_TYPES
+    # Request body cap (bytes) -> 413.
+    MAX_CONTENT_LENGTH: int = 32 * 1024 * 1024
+    # Largest batch/transaction Bundle accepted (entries) -> 413.
+    MAX_BUNDLE_ENTRIES: int = 1000
+    # Zone used for zone-less dateTimes.
+    SERVER_TIMEZONE: str = "Europe/London"
+    # History and search paging.
+    DEFAULT_PAGE_SIZE: int = 50
+    MAX_PAGE_SIZE: int = 1000
+    # Emit SQL to the log (operators' debug switch).
+    SQL_ECHO: bool = False
+
+
+class DevelopmentConfig(Config):
+    pass
+
+
+class TestingConfig(Config):
+    TESTING = True
+    SECRET_KEY = "test-secret-key-not-for-production"
+
+
+class ProductionConfig(Config):
+    pass
+
+
+_ENV_KEYS = {
+    "SECRET_KEY": str,
+    "DATABASE_URL": str,
+    "PUBLIC_BASE_URL": str,
+    "MAX_CONTENT_LENGTH": int,
+    "MAX_BUNDLE_ENTRIES": int,
+    "SERVER_TIMEZONE": str,
+    "DEFAULT_PAGE_SIZE": int,
+    "MAX_PAGE_SIZE": int,
+    "SQL_ECHO": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "ENABLED_RESOURCE_TYPES": lambda v: [t.strip() for t in v.split(",") if t.strip()],
+}
+
+
+def from_environment(environ: os._Environ[str] | dict[str, str] | None = None) -> dict:
+    """Settings given in the environment (``RESULTS_REPO_`` prefix optional), typed."""
+    environ = os.environ if environ is None else environ
+    out: dict = {}
+    for key, conv in _ENV_KEYS.items():
+        for name in (f"RESULTS_REPO_{key}", key):
+            if name in environ and environ[name] != "":
+                out[key] = conv(environ[name])
+                break
+    return out

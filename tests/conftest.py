@@ -1,0 +1,95 @@
+"""Shared fixtures: one isolated database per test module on SQLite and on PostgreSQL, and a
+live HTTP server (werkzeug, real sockets on 127.0.0.1) over it.
+
+``TEST_DATABASES`` picks the back ends (default ``sqlite,postgresql``); ``TEST_POSTGRES_URL``
+points at the PostgreSQL server (default the local trust-auth one).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
+DATA = Path(__file__).parent / "data"
+
+
+def _pg_schema_url(schema: str) -> str:
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def database_url(request, tmp_path_factory) -> Iterator[str]:
+    """A fresh, migrated database: a SQLite file, or a private PostgreSQL schema."""
+    from app.db.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        upgrade(url)
+        yield url
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = _pg_schema_url(schema)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def app(database_url):
+    from app import create_app
+
+    application = create_app(
+        {"DATABASE_URL": database_url, "TESTING": True, "SECRET_KEY": "test-secret", "MAX_BUNDLE_ENTRIES": 200}
+    )
+    yield application
+    application.extensions["results_repo"].engine.dispose()
+
+
+class LiveServer:
+    def __init__(self, app) -> None:
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.base = f"{self.url}/fhir"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def server(app) -> Iterator[LiveServer]:
+    """The app on a real socket; tests talk to it with ``requests``."""
+    srv = LiveServer(app)
+    app.config["PUBLIC_BASE_URL"] = srv.base
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def http():
+    import requests
+
+    s = requests.Session()
+    s.headers["Accept"] = "application/fhir+json"
+    yield s
+    s.close()
