@@ -1,0 +1,116 @@
+"""Golden SQL for the main plan shapes (PostgreSQL dialect, bound parameters, casts stripped).
+
+Why: the shape of the SQL is a performance contract (one index seek per clause, semi-joins for
+matches, anti-joins for negation); a refactor that changes it should fail loudly here.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from search_fakes import REGISTRY
+from sqlalchemy.dialects import postgresql
+
+from app.search import compile_search, parse
+from app.search.compile.date import ap_widen
+from app.search.expr import DateValue
+
+
+def sql(res_type, params):
+    stmt = compile_search(parse(res_type, params, REGISTRY, strict=True), REGISTRY)
+    compiled = stmt.compile(dialect=postgresql.dialect())
+    text = re.sub(r"::(VARCHAR|TIMESTAMP WITHOUT TIME ZONE|FLOAT|INTEGER)", "", str(compiled))
+    return " ".join(text.split()), compiled.params
+
+
+HEAD = ("SELECT resource.rid, resource.res_id, resource.version FROM resource "
+        "WHERE resource.res_type = %(res_type_1)s AND resource.deleted IS false AND ")
+
+
+def test_token_system_code():
+    text, params = sql("Patient", [("identifier", "https://fhir.nhs.uk/Id/nhs-number|943")])
+    assert text == HEAD + (
+        "resource.rid IN (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
+        "WHERE sp_token_1.res_type = %(res_type_2)s AND sp_token_1.param = %(param_1)s "
+        "AND sp_token_1.system = %(system_1)s AND sp_token_1.code = %(code_1)s)")
+    assert params == {"res_type_1": "Patient", "res_type_2": "Patient", "param_1": "identifier",
+                      "system_1": "https://fhir.nhs.uk/Id/nhs-number", "code_1": "943"}
+
+
+def test_string_prefix_and_token_not():
+    text, params = sql("Patient", [("name", "o'br%"), ("gender:not", "male")])
+    assert text == HEAD + (
+        "resource.rid IN (SELECT sp_string_1.rid FROM sp_string AS sp_string_1 "
+        "WHERE sp_string_1.res_type = %(res_type_2)s AND sp_string_1.param = %(param_1)s "
+        "AND sp_string_1.value_norm >= %(value_norm_1)s AND sp_string_1.value_norm < %(value_norm_2)s "
+        "AND sp_string_1.value_norm LIKE %(value_norm_3)s ESCAPE '\\') "
+        "AND NOT (EXISTS (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
+        "WHERE sp_token_1.res_type = %(res_type_3)s AND sp_token_1.param = %(param_2)s "
+        "AND sp_token_1.code = %(code_1)s AND sp_token_1.rid = resource.rid))")
+    assert (params["value_norm_1"], params["value_norm_2"], params["value_norm_3"]) == (
+        "o'br%", "o'br&", "o'br\\%%")
+
+
+def test_chain_joins_current_target_row():
+    text, _ = sql("Observation", [("subject:Patient.name", "x")])
+    assert text == HEAD + (
+        "resource.rid IN (SELECT sp_reference_1.rid FROM sp_reference AS sp_reference_1 "
+        "JOIN resource AS resource_1 ON resource_1.res_type = sp_reference_1.target_type "
+        "AND resource_1.res_id = sp_reference_1.target_id "
+        "WHERE sp_reference_1.res_type = %(res_type_2)s AND sp_reference_1.param = %(param_1)s "
+        "AND sp_reference_1.target_type = %(target_type_1)s AND resource_1.deleted IS false "
+        "AND resource_1.rid IN (SELECT sp_string_1.rid FROM sp_string AS sp_string_1 "
+        "WHERE sp_string_1.res_type = %(res_type_3)s AND sp_string_1.param = %(param_2)s "
+        "AND sp_string_1.value_norm >= %(value_norm_1)s AND sp_string_1.value_norm < %(value_norm_2)s "
+        "AND sp_string_1.value_norm LIKE %(value_norm_3)s ESCAPE '\\'))")
+
+
+def test_has_selects_target_ids():
+    text, params = sql("Patient", [("_has:Observation:subject:code", "1")])
+    assert text == HEAD + (
+        "resource.res_id IN (SELECT sp_reference_1.target_id FROM sp_reference AS sp_reference_1 "
+        "JOIN resource AS resource_1 ON resource_1.rid = sp_reference_1.rid "
+        "WHERE sp_reference_1.res_type = %(res_type_2)s AND sp_reference_1.param = %(param_1)s "
+        "AND sp_reference_1.target_type = %(target_type_1)s AND resource_1.deleted IS false "
+        "AND resource_1.rid IN (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
+        "WHERE sp_token_1.res_type = %(res_type_3)s AND sp_token_1.param = %(param_2)s "
+        "AND sp_token_1.code = %(code_1)s))")
+    assert params["target_type_1"] == "Patient" and params["res_type_2"] == "Observation"
+
+
+def test_composite_joins_on_grp():
+    text, params = sql("Observation", [("code-value-quantity", "a|b$gt5")])
+    assert text == HEAD + (
+        "resource.rid IN (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
+        "JOIN sp_quantity AS sp_quantity_1 ON sp_quantity_1.rid = sp_token_1.rid "
+        "AND sp_quantity_1.grp = sp_token_1.grp "
+        "WHERE sp_token_1.res_type = %(res_type_2)s AND sp_token_1.param = %(param_1)s "
+        "AND sp_token_1.system = %(system_1)s AND sp_token_1.code = %(code_1)s "
+        "AND sp_quantity_1.res_type = %(res_type_3)s AND sp_quantity_1.param = %(param_2)s "
+        "AND sp_quantity_1.value > %(value_1)s)")
+    assert (params["param_1"], params["param_2"], params["value_1"]) == (
+        "code-value-quantity$0", "code-value-quantity$1", 5.0)
+
+
+def test_date_ge_and_id():
+    text, params = sql("Patient", [("birthdate", "ge2020"), ("_id", "a,b")])
+    assert text == HEAD + (
+        "resource.rid IN (SELECT sp_date_1.rid FROM sp_date AS sp_date_1 "
+        "WHERE sp_date_1.res_type = %(res_type_2)s AND sp_date_1.param = %(param_1)s "
+        "AND (sp_date_1.high > %(high_1)s OR sp_date_1.low >= %(low_1)s "
+        "AND sp_date_1.high <= %(high_2)s)) AND resource.res_id IN (__[POSTCOMPILE_res_id_1])")
+    assert params["res_id_1"] == ["a", "b"]
+
+
+def test_ap_rule():
+    now = datetime(2030, 1, 1)
+    v = DateValue("ap", datetime(2020, 1, 1), datetime(2020, 1, 1, 23, 59, 59))
+    lo, hi = ap_widen(v, now)
+    # 10% of ~10 years is ~1 year each side
+    assert datetime(2018, 12, 31) < lo < datetime(2019, 1, 2)
+    assert datetime(2020, 12, 31) < hi < datetime(2021, 1, 2)
+    # at least one day
+    v = DateValue("ap", datetime(2029, 12, 31, 12), datetime(2029, 12, 31, 12))
+    lo, hi = ap_widen(v, now)
+    assert (lo, hi) == (datetime(2029, 12, 30, 12), datetime(2030, 1, 1, 12))
