@@ -42,6 +42,12 @@ metadata = MetaData(naming_convention=NAMING)
 # SQLite only autoincrements INTEGER PRIMARY KEY.
 RID = BigInteger().with_variant(Integer(), "sqlite")
 
+
+def _c_string(length: int) -> String:
+    """Code-point ordered on PostgreSQL whatever the database collation, so a prefix search's
+    range predicate is exact and index-usable (SQLite compares code points already)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
 resource = Table(
     "resource",
     metadata,
@@ -107,7 +113,7 @@ sp_token = _sp(
 
 sp_string = _sp(
     "sp_string",
-    Column("value_norm", String(255), nullable=False),  # lower-case, accents stripped
+    Column("value_norm", _c_string(255), nullable=False),  # lower-case, accents stripped
     Column("value", Text, nullable=False),  # as written, for :exact
     indexes=(("res_type", "param", "value_norm"),),
 )
@@ -146,7 +152,7 @@ sp_reference = _sp(
 
 sp_uri = _sp(
     "sp_uri",
-    Column("value", String(1024), nullable=False),
+    Column("value", _c_string(1024), nullable=False),
     indexes=(("res_type", "param", "value"),),
 )
 

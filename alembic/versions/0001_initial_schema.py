@@ -1,8 +1,8 @@
-"""initial schema: resources, versions, links, search indexes
+"""initial schema
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 04:37:58.066681
+Create Date: 2026-11-28 04:46:41.506938
 """
 from alembic import op
 import sqlalchemy as sa
@@ -119,7 +119,7 @@ def upgrade() -> None:
     sa.Column('rid', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('res_type', sa.String(length=64), nullable=False),
     sa.Column('param', sa.String(length=100), nullable=False),
-    sa.Column('value_norm', sa.String(length=255), nullable=False),
+    sa.Column('value_norm', sa.String(length=255).with_variant(sa.String(length=255, collation='C'), 'postgresql'), nullable=False),
     sa.Column('value', sa.Text(), nullable=False),
     sa.Column('grp', sa.SmallInteger(), nullable=True),
     sa.ForeignKeyConstraint(['rid'], ['resource.rid'], name=op.f('fk_sp_string_rid_resource'))
@@ -146,7 +146,7 @@ def upgrade() -> None:
     sa.Column('rid', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('res_type', sa.String(length=64), nullable=False),
     sa.Column('param', sa.String(length=100), nullable=False),
-    sa.Column('value', sa.String(length=1024), nullable=False),
+    sa.Column('value', sa.String(length=1024).with_variant(sa.String(length=1024, collation='C'), 'postgresql'), nullable=False),
     sa.Column('grp', sa.SmallInteger(), nullable=True),
     sa.ForeignKeyConstraint(['rid'], ['resource.rid'], name=op.f('fk_sp_uri_rid_resource'))
     )
