@@ -48,6 +48,8 @@ class Config:
     MAX_PAGE_SIZE: int = 1000
     # Emit SQL to the log (operators' debug switch).
     SQL_ECHO: bool = False
+    # Let searches show their SQL (``_explain=true`` or ``X-Debug-SQL``); never on in production.
+    SEARCH_DEBUG_SQL: bool = False
 
 
 class DevelopmentConfig(Config):
@@ -73,6 +75,7 @@ _ENV_KEYS = {
     "DEFAULT_PAGE_SIZE": int,
     "MAX_PAGE_SIZE": int,
     "SQL_ECHO": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "SEARCH_DEBUG_SQL": lambda v: v.lower() in ("1", "true", "yes", "on"),
     "ENABLED_RESOURCE_TYPES": lambda v: [t.strip() for t in v.split(",") if t.strip()],
 }
 

@@ -38,6 +38,10 @@ class FhirContext:
     max_bundle_entries: int = 1000
     default_page_size: int = 50
     max_page_size: int = 1000
+    # Who is asking (the token's client and user once SMART lands); paging cursors are bound to it.
+    caller: str = "anonymous"
+    # Operators' debug switch: searches report their SQL (config SEARCH_DEBUG_SQL).
+    debug_sql: bool = False
 
     def index_fn(self):
         from app.indexing.extract import extract
@@ -77,4 +81,5 @@ def from_app(app, base_url: str | None = None) -> FhirContext:
         max_bundle_entries=cfg["MAX_BUNDLE_ENTRIES"],
         default_page_size=cfg["DEFAULT_PAGE_SIZE"],
         max_page_size=cfg["MAX_PAGE_SIZE"],
+        debug_sql=bool(cfg.get("SEARCH_DEBUG_SQL", False)),
     )
