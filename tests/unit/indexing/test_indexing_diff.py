@@ -1,0 +1,34 @@
+"""Update diffs touch only the rows that changed."""
+
+from __future__ import annotations
+
+import copy
+
+from app.indexing import extract, load_registry
+from app.indexing.diff import diff_rows
+from config import RESULTS_RESOURCE_TYPES
+
+OBS = {"resourceType": "Observation", "id": "o", "status": "preliminary",
+       "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+       "subject": {"reference": "Patient/p"},
+       "valueQuantity": {"value": 5, "system": "http://unitsofmeasure.org", "code": "mmol/L"}}
+
+
+def test_diff_only_changed_rows():
+    reg = load_registry(RESULTS_RESOURCE_TYPES)
+    new = copy.deepcopy(OBS)
+    new["status"] = "final"
+    old_rows, new_rows = extract(reg, OBS), extract(reg, new)
+    deleted, inserted = diff_rows(old_rows, new_rows)
+    assert deleted["token"] == [{"param": "status", "system": None, "code": "preliminary", "grp": None}]
+    assert inserted["token"] == [{"param": "status", "system": None, "code": "final", "grp": None}]
+    assert all(not deleted[k] and not inserted[k] for k in deleted if k != "token")
+
+
+def test_diff_identical_and_from_empty():
+    reg = load_registry(RESULTS_RESOURCE_TYPES)
+    rows = extract(reg, OBS)
+    deleted, inserted = diff_rows(rows, extract(reg, copy.deepcopy(OBS)))
+    assert not any(deleted.values()) and not any(inserted.values())
+    deleted, inserted = diff_rows({}, rows)
+    assert inserted == rows and not any(deleted.values())
