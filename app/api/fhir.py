@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 
 from app.api.negotiation import (
     check_accept,
@@ -33,13 +36,60 @@ def _negotiate() -> None:
     check_accept(request)
 
 
+# A JSON-escaped NUL (\u0000 preceded by an even number of backslashes). PostgreSQL text cannot
+# hold NUL (the insert fails with DataError -> 500) and FHIR strings may not contain it.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+# Containers (objects and arrays) nested deeper than this are refused before anything recursive
+# (validation, indexing, reference rewriting) sees them: deep input must give 400, not a
+# RecursionError and a 500. Real resources stay far below (a transaction Bundle adds four).
+MAX_JSON_DEPTH = 100
+
+
+def _too_deep(doc: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _body_bytes() -> bytes:
+    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    # werkzeug stops a chunked (length-less) body silently at the cap: the JSON would then be
+    # cut short and look malformed (400). A body that reached the cap is too large (413).
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        raise RequestEntityTooLarge()
+    return raw
+
+
+def _load(raw: bytes) -> object:
+    if _NUL_ESCAPE.search(raw):
+        raise FhirError(400, "invalid", "The body contains a NUL character (\\u0000); FHIR strings may not.")
+    doc = loads_body(raw)
+    if isinstance(doc, (dict, list)) and _too_deep(doc):
+        raise FhirError(400, "structure", f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep.")
+    return doc
+
+
 def _json_body() -> object:
     require_json_body(request)
-    return loads_body(request.get_data(cache=False))
+    return _load(_body_bytes())
 
 
 def _args() -> dict[str, str]:
     return {k: v for k, v in request.args.items()}
+
+
+@bp.route("/metadata", methods=["POST", "PUT", "PATCH", "DELETE"])
+def metadata_other() -> Response:
+    # without this, DELETE /metadata would fall through to /<res_type> and answer 404
+    raise MethodNotAllowed(valid_methods=["GET", "HEAD", "OPTIONS"])
 
 
 @bp.get("/metadata")
@@ -70,14 +120,45 @@ def type_search(res_type: str) -> Response:
     return fhir_response(search_type(ctx(), res_type, list(request.args.items(multi=True)), strict=prefer_handling(request) == "strict"))
 
 
+def _search_params() -> list[tuple[str, str]]:
+    """Query parameters, plus the form body of a ``POST .../_search`` (same results as GET)."""
+    params = list(request.args.items(multi=True))
+    if request.method == "POST":
+        if request.mimetype != "application/x-www-form-urlencoded":
+            raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded parameters.")
+        params += list(request.form.items(multi=True))
+    return params
+
+
+def _strict() -> bool:
+    return prefer_handling(request) == "strict"
+
+
 @bp.post("/<res_type>/_search")
 def type_search_post(res_type: str) -> Response:
     from app.interactions.search import search_type
 
-    if request.mimetype != "application/x-www-form-urlencoded":
-        raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded parameters.")
-    params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
-    return fhir_response(search_type(ctx(), res_type, params, strict=prefer_handling(request) == "strict"))
+    return fhir_response(search_type(ctx(), res_type, _search_params(), strict=_strict()))
+
+
+@bp.get("")
+@bp.get("/")
+@bp.get("/_search")
+@bp.post("/_search")
+def system_search() -> Response:
+    """System search (``_type=A,B``); ``POST [base]`` itself is batch/transaction."""
+    from app.interactions.search import search_system
+
+    return fhir_response(search_system(ctx(), _search_params(), strict=_strict()))
+
+
+@bp.get("/<comp_type>/<comp_id>/<res_type>")
+@bp.post("/<comp_type>/<comp_id>/<res_type>/_search")
+def compartment_search(comp_type: str, comp_id: str, res_type: str) -> Response:
+    """``Patient/123/Observation`` and ``Patient/123/*`` (R4 Patient CompartmentDefinition)."""
+    from app.interactions.search import search_compartment
+
+    return fhir_response(search_compartment(ctx(), comp_type, comp_id, res_type, _search_params(), strict=_strict()))
 
 
 @bp.post("/<res_type>")
@@ -135,7 +216,7 @@ def update(res_type: str, res_id: str) -> Response:
 def _patch_doc() -> object:
     if request.mimetype != "application/json-patch+json":
         raise FhirError(415, "not-supported", "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json).")
-    return loads_body(request.get_data(cache=False))
+    return _load(_body_bytes())
 
 
 @bp.patch("/<res_type>/<res_id>")

@@ -10,7 +10,8 @@ each entry in its own unit of work, so entries succeed or fail alone.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from app.db import unit_of_work
@@ -208,8 +209,13 @@ def _rewrite(ctx: FhirContext, repo: Repository, e: Entry, mapping: dict[str, st
                         )
                     cond_cache[value] = f"{m.group(1)}/{matches[0].res_id}"
                 return cond_cache[value]
-            if value.startswith(("urn:uuid:", "urn:oid:")) and value not in mapping:
-                return None
+            if value.startswith(("urn:uuid:", "urn:oid:")):
+                # A placeholder that no entry's fullUrl defines would be stored dangling.
+                raise FhirError(
+                    400,
+                    "invalid",
+                    f"The reference '{value[:200]}' matches no fullUrl in this transaction.",
+                )
             return None
         if key == "div" and mapping and ("urn:" in value or "http" in value):
             return _DIV_LINK.sub(lambda mm: mm.group(1) + mapping.get(mm.group(2), mm.group(2)) + mm.group(3), value)
@@ -242,6 +248,7 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
                 e.resource = _rewrite(ctx, repo, e, mapping, cond_cache)
         written: list[tuple[str, dict]] = []
         stored_by: dict[int, Stored] = {}
+        deleted: list[Entry] = []
         for e in sorted(entries, key=lambda x: (ORDER[x.method], x.index)):
             try:
                 if e.method == "DELETE":
@@ -250,7 +257,9 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
                         if len(matches) > 1:
                             raise FhirError(412, "multiple-matches", f"The conditional delete matched more than one {e.res_type}.")
                         e.target_id = matches[0].res_id if matches else None
-                    stored = write_ix.delete_in(ctx, repo, e.res_type, e.target_id, e.if_match) if e.target_id else None
+                    stored = write_ix.delete_in(ctx, repo, e.res_type, e.target_id, e.if_match, check_referrers=False) if e.target_id else None
+                    if stored is not None:
+                        deleted.append(e)
                     e.result = {"status": "204 No Content"} if stored is None else {"status": "204 No Content", "etag": stored.etag}
                 elif e.method == "POST":
                     if e.existing:
@@ -278,10 +287,15 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
                     stored_by[e.index] = stored
                 else:
                     repo.flush()
-                    e.body, e.result = _get(ctx, e)
+                    e.body, e.result = _get(replace(ctx, engine=_Joined(conn)), e)
             except FhirError as err:
                 raise _fail(e.index, err) from None
         check_references(repo, written)
+        for e in deleted:  # after every write: the transaction may have re-pointed the referrers
+            try:
+                write_ix.check_not_referenced(repo, e.res_type, e.target_id)
+            except FhirError as err:
+                raise _fail(e.index, err) from None
         repo.flush()
     out: list[bytes] = []
     for e in entries:
@@ -294,6 +308,34 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
         entry["response"] = e.result
         out.append(entry_bytes(entry, content))
     return Result(200, bundle_bytes({"resourceType": "Bundle", "type": "transaction-response"}, out))
+
+
+class _Joined:
+    """Stands in for the Engine so that a transaction's GET entries (read, vread, search,
+    history: each opens its own unit of work) run on the transaction's connection and see its
+    uncommitted writes, as the spec's processing order requires."""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self.dialect = conn.dialect
+
+    def connect(self) -> _Joined:
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def execution_options(self, **_kw) -> _Joined:
+        return self
+
+    def begin(self):
+        return nullcontext()
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
 
 
 def _get(ctx: FhirContext, e: Entry) -> tuple[bytes | None, dict]:

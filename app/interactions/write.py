@@ -202,15 +202,7 @@ def patch(ctx: FhirContext, res_type: str, res_id: str | None, query: str | None
 
 
 # ---- delete ---------------------------------------------------------------------------------
-def delete_in(ctx: FhirContext, repo: Repository, res_type: str, res_id: str, if_match: int | None = None) -> Stored | None:
-    """Tombstone a resource. None when it was already deleted (deleting is idempotent)."""
-    head = repo.head(res_type, res_id)
-    if head is None:
-        raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
-    if if_match is not None and head.version != if_match:
-        raise FhirError(412, "conflict", f"If-Match asked for version {if_match} but {res_type}/{res_id} is at version {head.version}.")
-    if head.deleted:
-        return None
+def check_not_referenced(repo: Repository, res_type: str, res_id: str) -> None:
     refs = repo.referrers(res_type, res_id)
     if refs:
         shown = ", ".join(f"{t}/{i}" for t, i in refs)
@@ -219,6 +211,28 @@ def delete_in(ctx: FhirContext, repo: Repository, res_type: str, res_id: str, if
             "conflict",
             f"{res_type}/{res_id} is still referenced by {shown}; delete or change those first.",
         )
+
+
+def delete_in(
+    ctx: FhirContext,
+    repo: Repository,
+    res_type: str,
+    res_id: str,
+    if_match: int | None = None,
+    check_referrers: bool = True,
+) -> Stored | None:
+    """Tombstone a resource. None when it was already deleted (deleting is idempotent).
+    A transaction passes ``check_referrers=False`` and checks once its other entries are written
+    (they may re-point or delete the referrers)."""
+    head = repo.head(res_type, res_id)
+    if head is None:
+        raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
+    if if_match is not None and head.version != if_match:
+        raise FhirError(412, "conflict", f"If-Match asked for version {if_match} but {res_type}/{res_id} is at version {head.version}.")
+    if head.deleted:
+        return None
+    if check_referrers:
+        check_not_referenced(repo, res_type, res_id)
     try:
         return repo.delete(head, res_type, res_id)
     except VersionConflict as exc:

@@ -57,13 +57,19 @@ def new_id() -> str:
 
 
 def content_hash(resource: dict) -> str:
-    """Hash of the resource without server-owned meta, to detect no-op updates."""
-    meta = resource.get("meta")
+    """Hash of the resource without server-owned meta and id, to detect no-op updates.
+
+    The id is left out because create hashes the body before the id is assigned while update
+    hashes a body carrying it; the id never differs between versions of one resource anyway.
+    """
+    body = {k: v for k, v in resource.items() if k != "id"}
+    meta = body.get("meta")
     if isinstance(meta, dict):
         meta = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
-        body = {**resource, "meta": meta} if meta else {k: v for k, v in resource.items() if k != "meta"}
-    else:
-        body = resource
+        if meta:
+            body["meta"] = meta
+        else:
+            del body["meta"]
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
