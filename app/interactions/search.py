@@ -1,27 +1,128 @@
-"""Type-level search: parse -> compile -> keyset page -> searchset Bundle of stored bytes.
+"""Search interactions: type, system (``_type``) and Patient-compartment search.
 
-Paging is by a signed cursor holding the last ``rid`` of the page, never OFFSET, so page 500 costs
-what page 1 costs and results that arrive meanwhile do not shift pages. (Sorting other than by
-insertion order, includes and ``_summary``/``_elements`` shaping arrive with the search issue.)
+Pipeline per request: parse (per resource type) -> compartment rewrite -> compile -> one Select
+per type with its sort-key columns (``UNION ALL`` when several types) -> keyset page -> includes
+(one set-based query per include parameter per iteration) -> shaping -> searchset Bundle of
+stored bytes.
+
+Result control:
+- ``_sort`` (app.search.sort), paging with signed cursors (app.search.paging): ``self``/``next``/
+  ``previous`` links, no OFFSET; the default order is insertion order (``rid``).
+- ``_count``: default/maximum from config; over the maximum it is capped and an OperationOutcome
+  warning entry says so.
+- ``_total``: ``none`` (default, no count), ``accurate`` (``count(*)`` of the matches),
+  ``estimate`` (PostgreSQL: the planner's row estimate of the match query from ``EXPLAIN``;
+  SQLite has no planner statistics, so it counts at most ``SQLITE_ESTIMATE_CAP`` rows and gives
+  that exact count, or no total when there are more).  When the first page holds every match
+  the total is exact and free, so estimate/accurate use it without another query.
+- ``_summary``/``_elements`` (app.search.shape) shape the matches; ``_summary=count`` returns
+  only the (accurate) total.
+- ``_explain=true`` returns the compiled SQL in an OperationOutcome information entry, only when
+  the operators' switch ``SEARCH_DEBUG_SQL`` is on; otherwise ``_explain`` is just an unknown
+  parameter (ignored, or 400 under ``Prefer: handling=strict``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import and_, func, select
+import orjson
+from sqlalchemy import Connection, Select, and_, func, select, union_all
 
 from app.db import unit_of_work
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
 from app.interactions.context import FhirContext, Result
-from app.search import compile_search, parse
-from app.storage.tables import resource_version
+from app.search import parse
+from app.search.include import Found, parse_includes, resolve_includes
+from app.search.paging import Cursor, after, decode_cursor, encode_cursor, order_by, query_digest
+from app.search.parse import SearchRequest
+from app.search.plan import compile_tree
+from app.search.rewrite import restrict_to_compartment
+from app.search.shape import parse_shape, shape_resource
+from app.search.sort import SortKey, parse_sort, sort_expression
+from app.storage.tables import resource, resource_version
+
+TOTAL_MODES = ("none", "estimate", "accurate")
+SQLITE_ESTIMATE_CAP = 10_000
+# Accepted and meaningful nowhere else; left out of links.
+_DROPPED = ("_format", "_pretty", "_contained", "_containedType")
 
 
-def _serializer(ctx: FhirContext) -> URLSafeSerializer:
-    return URLSafeSerializer(ctx.secret_key, salt="search-cursor")
+@dataclass
+class _Scope:
+    path: str  # link base, e.g. ".../fhir/Observation", ".../fhir", ".../fhir/Patient/1/*"
+    types: list[str]
+    compartment: str | None = None
+    extra_link_params: list[tuple[str, str]] = field(default_factory=list)
+
+
+def search_type(ctx: FhirContext, res_type: str, params: list[tuple[str, str]], strict: bool = False) -> Result:
+    ctx.check_type(res_type)
+    params = [(k, v) for k, v in params if k != "_type"]
+    return _run(ctx, _Scope(f"{ctx.base_url}/{res_type}", [res_type]), params, strict)
+
+
+def search_system(ctx: FhirContext, params: list[tuple[str, str]], strict: bool = False) -> Result:
+    """``GET [base]?_type=A,B&...``: the union of type searches; parameters must suit every type."""
+    types = _types_param(ctx, params)
+    rest = [(k, v) for k, v in params if k != "_type"]
+    link = [("_type", ",".join(types))] if any(k == "_type" for k, _ in params) else []
+    return _run(ctx, _Scope(ctx.base_url, types or sorted(ctx.enabled_types), extra_link_params=link), rest, strict)
+
+
+def search_compartment(ctx: FhirContext, comp_type: str, comp_id: str, res_type: str,
+                       params: list[tuple[str, str]], strict: bool = False) -> Result:
+    """``GET [base]/Patient/123/Observation`` and ``GET [base]/Patient/123/*``."""
+    if comp_type != "Patient":
+        raise FhirError(404, "not-supported", f"Compartment '{comp_type[:64]}' is not supported; only Patient is.")
+    ctx.check_id(comp_id)
+    members = [t for t in sorted(ctx.enabled_types) if t == "Patient" or ctx.registry.compartment_params(t)]
+    if res_type == "*":
+        types = _types_param(ctx, params) or members
+        types = [t for t in types if t in members]
+        link = [("_type", ",".join(types))] if any(k == "_type" for k, _ in params) else []
+    else:
+        ctx.check_type(res_type)
+        if res_type not in members:
+            raise FhirError(400, "invalid", f"{res_type} is not in the Patient compartment.")
+        types, link = [res_type], []
+    rest = [(k, v) for k, v in params if k != "_type"]
+    scope = _Scope(f"{ctx.base_url}/Patient/{comp_id}/{res_type}", types, comp_id, link)
+    return _run(ctx, scope, rest, strict)
+
+
+def _types_param(ctx: FhirContext, params: list[tuple[str, str]]) -> list[str]:
+    types: list[str] = []
+    for k, v in params:
+        if k != "_type":
+            continue
+        for t in v.split(","):
+            t = t.strip()
+            if not t:
+                continue
+            if t not in ctx.enabled_types:
+                raise FhirError(400, "not-supported", f"_type: resource type '{t[:64]}' is not supported here.", ["_type"])
+            if t not in types:
+                types.append(t)
+    return types
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_all(ctx: FhirContext, types: list[str], params: list[tuple[str, str]], strict: bool) -> dict[str, SearchRequest]:
+    """Parse for every type; in lenient mode a parameter ignored by any type is ignored by all."""
+    kw = {"strict": strict, "base_url": ctx.base_url, "tz": ctx.tz}
+    reqs = {t: parse(t, params, ctx.registry, **kw) for t in types}
+    dropped = {k for r in reqs.values() for k, _ in r.ignored}
+    if dropped and len(types) > 1:
+        kept = [(k, v) for k, v in params if k not in dropped]
+        reqs = {t: parse(t, kept, ctx.registry, **kw) for t in types}
+        for r in reqs.values():
+            r.ignored = [(k, v) for k, v in params if k in dropped]
+    return reqs
 
 
 def _count(ctx: FhirContext, values: list[str]) -> tuple[int, str | None]:
@@ -36,51 +137,115 @@ def _count(ctx: FhirContext, values: list[str]) -> tuple[int, str | None]:
     return n, None
 
 
-def search_type(ctx: FhirContext, res_type: str, params: list[tuple[str, str]], strict: bool = False) -> Result:
-    ctx.check_type(res_type)
-    cursor = [v for k, v in params if k == "_cursor"]
-    params = [(k, v) for k, v in params if k not in ("_cursor", "_format", "_pretty")]
-    req = parse(res_type, params, ctx.registry, strict=strict, base_url=ctx.base_url, tz=ctx.tz)
-    count, warning = _count(ctx, req.control_values("_count"))
-    after = 0
-    if cursor:
-        try:
-            query_key, after = _serializer(ctx).loads(cursor[-1])
-        except (BadSignature, ValueError, TypeError):
-            raise FhirError(400, "invalid", "The paging cursor is not valid; start again from the first page.", ["_cursor"]) from None
-        if query_key != _query_key(res_type, req.params):
-            raise FhirError(400, "invalid", "The paging cursor belongs to another search.", ["_cursor"])
-    total_mode = (req.control_values("_total") or ["none"])[-1]
-    summary = (req.control_values("_summary") or [""])[-1]
-    matches = compile_search(req, ctx.registry).subquery()
+def _match_query(ctx: FhirContext, scope: _Scope, reqs: dict[str, SearchRequest], keys: list[SortKey]):
+    """One Select per type (rid, res_type, res_id, version, k0..kn), UNION ALL-ed, as a subquery."""
+    branches: list[Select] = []
+    for t in scope.types:
+        tree = reqs[t].tree()
+        if scope.compartment is not None:
+            tree = restrict_to_compartment(tree, scope.compartment, ctx.registry, t)
+        sel = compile_tree(t, tree).add_columns(resource.c.res_type)
+        for i, k in enumerate(keys):
+            sel = sel.add_columns(sort_expression(k, t, resource, ctx.registry).label(f"k{i}"))
+        branches.append(sel)
+    if len(branches) == 1:
+        return branches[0].subquery("m")
+    return union_all(*branches).subquery("m")
+
+
+def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict: bool) -> Result:
+    cursor_tokens = [v for k, v in params if k == "_cursor"]
+    explain = ctx.debug_sql and any(k == "_explain" and v == "true" for k, v in params)
+    drop = {"_cursor", *_DROPPED} | ({"_explain"} if ctx.debug_sql else set())
+    params = [(k, v) for k, v in params if k not in drop]
+
+    reqs = _parse_all(ctx, scope.types, params, strict)
+    first = reqs[scope.types[0]]
+    ctl = first.control_values
+    count, warning = _count(ctx, ctl("_count"))
+    total_mode = (ctl("_total") or ["none"])[-1]
+    if total_mode not in TOTAL_MODES:
+        raise FhirError(400, "invalid", f"_total must be one of none, estimate, accurate; got {total_mode[:40]!r}.", ["_total"])
+    shape = parse_shape(ctl("_summary"), ctl("_elements"))
+    keys, _ignored_sort = parse_sort(ctl("_sort"), scope.types, ctx.registry, strict=strict)
+    specs, _ignored_inc = parse_includes(first.control, ctx.registry, ctx.enabled_types, strict=strict)
+
+    # What the self link shows and the cursor is bound to: only what was used.
+    kept = list(scope.extra_link_params) + list(first.params)
+    if keys:
+        kept.append(("_sort", ",".join(("-" if k.desc else "") + k.code for k in keys)))
+    kept += [s.raw for s in specs]
+    kept += [(k, v) for k, v in first.control if k in ("_total", "_summary", "_elements")]
+    digest = query_digest(scope.path, [*kept, ("~caller", ctx.caller)])
+    link_params = [*kept, ("_count", str(count))]
+
+    cur: Cursor | None = None
+    if cursor_tokens:
+        cur = decode_cursor(ctx.secret_key, ctx.caller, digest, cursor_tokens[-1], keys)
+
+    m = _match_query(ctx, scope, reqs, keys)
+    if any(not _is_column(k, scope.types, ctx.registry) for k in keys):
+        # Sort keys from index tables are correlated subqueries: fence the match query (OFFSET 0
+        # stops PostgreSQL pulling it up) so each key is computed once per match, not once in
+        # the keyset filter and again in the sort.
+        m = select(m).offset(0).subquery("mf")
+    kcols = [m.c[f"k{i}"] for i in range(len(keys))]
+    reverse = cur is not None and cur.direction == "prev"
+    top = select(m.c.rid, m.c.res_type, m.c.res_id, m.c.version, *kcols)
+    if cur is not None:
+        top = top.where(after(kcols, keys, m.c.rid, cur))
+    # Sort and cut the page on the narrow rows first; only the page's rows fetch their JSON.
+    top = top.order_by(*order_by(kcols, keys, m.c.rid, reverse)).limit(count + 1).subquery("p")
+    pk = [top.c[f"k{i}"] for i in range(len(keys))]
+    page = (
+        select(top.c.rid, top.c.res_type, top.c.res_id, resource_version.c.content, *pk)
+        .join(resource_version, and_(resource_version.c.rid == top.c.rid, resource_version.c.version == top.c.version))
+        .order_by(*order_by(pk, keys, top.c.rid, reverse))
+    )
+
+    sql_log: list[tuple[str, object]] = []
+    rows: list = []
+    total: int | None = None
     with unit_of_work(ctx.engine) as conn:
-        total = None
-        if total_mode == "accurate" or summary == "count":
-            total = conn.execute(select(func.count()).select_from(matches)).scalar_one()
-        rows = []
-        if summary != "count" and count > 0:
-            q = (
-                select(matches.c.rid, matches.c.res_id, resource_version.c.content)
-                .join(resource_version, and_(resource_version.c.rid == matches.c.rid, resource_version.c.version == matches.c.version))
-                .where(matches.c.rid > int(after))
-                .order_by(matches.c.rid)
-                .limit(count + 1)
-            )
-            rows = conn.execute(q).all()
-    more = len(rows) > count
-    rows = rows[:count]
-    kept = [*req.params, ("_count", str(count))] + [(k, v) for k, v in req.control if k in ("_total", "_summary")]
-    base = f"{ctx.base_url}/{res_type}"
-    links = [{"relation": "self", "url": f"{base}?{urlencode(kept + ([('_cursor', cursor[-1])] if cursor else []))}"}]
-    if more:
-        token = _serializer(ctx).dumps([_query_key(res_type, req.params), rows[-1].rid])
-        links.append({"relation": "next", "url": f"{base}?{urlencode([*kept, ('_cursor', token)])}"})
+        if shape.summary != "count" and count > 0:
+            sql_log.append(("page", page))
+            rows = list(conn.execute(page).all())
+        more = len(rows) > count
+        rows = rows[:count]
+        if reverse:
+            rows.reverse()
+        if shape.summary == "count":
+            total = _accurate(conn, m, sql_log)
+        elif total_mode != "none":
+            if cur is None and not more and count > 0:
+                total = len(rows)
+            elif total_mode == "accurate":
+                total = _accurate(conn, m, sql_log)
+            else:
+                total = _estimate(conn, m, sql_log)
+        matches = [Found(r.rid, r.res_type, r.res_id, r.content) for r in rows]
+        included = resolve_includes(conn, specs, matches, on_query=lambda q: sql_log.append(("include", q)))
+
+    links = _links(ctx, scope, link_params, keys, digest, rows, cursor_tokens, cur, more)
     entries = [
-        entry_bytes({"fullUrl": f"{base}/{r.res_id}", "search": {"mode": "match"}}, r.content) for r in rows
+        entry_bytes({"fullUrl": f"{ctx.base_url}/{f.res_type}/{f.res_id}", "search": {"mode": "match"}},
+                    shape_resource(f.res_type, f.content, shape))
+        for f in matches
     ]
+    entries += [
+        entry_bytes({"fullUrl": f"{ctx.base_url}/{f.res_type}/{f.res_id}", "search": {"mode": "include"}}, f.content)
+        for f in included
+    ]
+    issues = []
     if warning:
-        oo = {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "processing", "diagnostics": warning}]}
-        entries.append(entry_bytes({"search": {"mode": "outcome"}}, _dumps(oo)))
+        issues.append({"severity": "warning", "code": "processing", "diagnostics": warning})
+    if explain:
+        for label, stmt in sql_log:
+            issues.append({"severity": "information", "code": "informational",
+                           "diagnostics": f"{label} ({ctx.engine.dialect.name}): {_render_sql(ctx, stmt)}"})
+    if issues:
+        oo = {"resourceType": "OperationOutcome", "issue": issues}
+        entries.append(entry_bytes({"search": {"mode": "outcome"}}, orjson.dumps(oo)))
     envelope: dict = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         envelope["total"] = total
@@ -88,11 +253,58 @@ def search_type(ctx: FhirContext, res_type: str, params: list[tuple[str, str]], 
     return Result(200, bundle_bytes(envelope, entries))
 
 
-def _query_key(res_type: str, params: list[tuple[str, str]]) -> str:
-    return res_type + "?" + urlencode(sorted(params))
+def _is_column(key: SortKey, types: list[str], registry) -> bool:
+    return all(getattr(registry.get(t, key.code), "column", None) or key.code in ("_id", "_lastUpdated") for t in types)
 
 
-def _dumps(obj: dict) -> bytes:
-    import orjson
+def _links(ctx: FhirContext, scope: _Scope, link_params, keys, digest, rows, cursor_tokens, cur, more) -> list[dict]:
+    def url(extra: list[tuple[str, str]]) -> str:
+        q = urlencode([*link_params, *extra])
+        return f"{scope.path}?{q}" if q else scope.path
 
-    return orjson.dumps(obj)
+    def token(direction: str, row) -> str:
+        values = tuple(row._mapping[f"k{i}"] for i in range(len(keys)))
+        return encode_cursor(ctx.secret_key, ctx.caller, digest, Cursor(direction, values, row.rid))
+
+    links = [{"relation": "self", "url": url([("_cursor", cursor_tokens[-1])] if cursor_tokens else [])}]
+    if not rows:
+        return links
+    forward = cur is None or cur.direction == "next"
+    has_next = more if forward else True
+    has_prev = cur is not None if forward else more
+    if has_next:
+        links.append({"relation": "next", "url": url([("_cursor", token("next", rows[-1]))])})
+    if has_prev:
+        links.append({"relation": "previous", "url": url([("_cursor", token("prev", rows[0]))])})
+    return links
+
+
+def _accurate(conn: Connection, m, sql_log) -> int:
+    q = select(func.count()).select_from(m)
+    sql_log.append(("total", q))
+    return int(conn.execute(q).scalar_one())
+
+
+def _estimate(conn: Connection, m, sql_log) -> int | None:
+    """PostgreSQL: the planner's row estimate; SQLite: a bounded exact count (None past the cap)."""
+    if conn.dialect.name == "postgresql":
+        q = select(m.c.rid)
+        compiled = q.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        sql_log.append(("total estimate: EXPLAIN", q))
+        plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params).scalar_one()
+        if isinstance(plan, (str, bytes)):
+            plan = orjson.loads(plan)
+        return int(plan[0]["Plan"]["Plan Rows"])
+    capped = select(m.c.rid).limit(SQLITE_ESTIMATE_CAP + 1).subquery()
+    q = select(func.count()).select_from(capped)
+    sql_log.append(("total estimate (bounded count)", q))
+    n = int(conn.execute(q).scalar_one())
+    return n if n <= SQLITE_ESTIMATE_CAP else None
+
+
+def _render_sql(ctx: FhirContext, stmt) -> str:
+    try:
+        return str(stmt.compile(dialect=ctx.engine.dialect, compile_kwargs={"literal_binds": True}))
+    except Exception:  # noqa: BLE001 - a type without a literal renderer: show binds separately
+        compiled = stmt.compile(dialect=ctx.engine.dialect, compile_kwargs={"render_postcompile": True})
+        return f"{compiled} -- params: {compiled.params!r}"

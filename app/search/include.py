@@ -1,0 +1,176 @@
+"""``_include`` / ``_revinclude`` (specific ``Type:param[:target]``, ``Type:*``, ``*``, ``:iterate``).
+
+Each include parameter is resolved with ONE set-based query per iteration over the whole set of
+resources it applies to (never one query per resource):
+
+- ``_include=S:p[:T]``: ``sp_reference`` rows of the sources (``rid IN (...)``) for ``p`` joined
+  to the current, non-deleted target rows;
+- ``_revinclude=S:p[:T]``: ``sp_reference`` rows of type ``S``/param ``p`` whose target is one of
+  the resources (``target_type = T AND target_id IN (...)`` per type), joined to their current,
+  non-deleted source rows.
+
+Iteration: the first round applies every include to the matches; later rounds apply only the
+``:iterate`` ones to what the previous round added, until nothing new arrives or
+``MAX_ITERATIONS`` rounds ran.  A resource is returned once (as a match if it is one).
+``extra`` is a hook for authorisation: a per-type predicate ANDed into every include query, so a
+compartment-restricted caller never receives resources outside the compartment by inclusion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, or_, select
+
+from app.fhir.errors import FhirError
+from app.storage.tables import resource, resource_version, sp_reference
+
+MAX_ITERATIONS = 4
+
+
+@dataclass(frozen=True)
+class IncludeSpec:
+    reverse: bool
+    iterate: bool
+    source_type: str | None  # None: ``*`` (any type)
+    params: tuple[str, ...]  # reference parameter codes of source_type; () with source None = all
+    target: str | None
+    raw: tuple[str, str]  # the (key, value) as given, for the self link
+
+
+@dataclass
+class Found:
+    rid: int
+    res_type: str
+    res_id: str
+    content: str
+
+
+def parse_includes(control: list[tuple[str, str]], registry: Any, enabled: frozenset[str], *,
+                   strict: bool) -> tuple[list[IncludeSpec], list[tuple[str, str]]]:
+    specs: list[IncludeSpec] = []
+    ignored: list[tuple[str, str]] = []
+    for key, value in control:
+        name, _, mod = key.partition(":")
+        if name not in ("_include", "_revinclude"):
+            continue
+        try:
+            if mod not in ("", "iterate", "recurse"):
+                raise ValueError(f"Unsupported modifier ':{mod}' on {name}")
+            specs.append(_parse_one(name == "_revinclude", mod != "", value, registry, enabled, (key, value)))
+        except ValueError as e:
+            if strict:
+                raise FhirError(400, "not-supported", str(e), [key]) from None
+            ignored.append((key, value))
+    return specs, ignored
+
+
+def _parse_one(reverse: bool, iterate: bool, value: str, registry: Any, enabled: frozenset[str],
+               raw: tuple[str, str]) -> IncludeSpec:
+    if value == "*":
+        return IncludeSpec(reverse, iterate, None, (), None, raw)
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"'{value[:80]}' is not Type:param[:targetType]")
+    src, code = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    if src not in enabled:
+        raise ValueError(f"Unknown resource type '{src[:64]}' in '{value[:80]}'")
+    if target is not None and target not in enabled:
+        raise ValueError(f"Unknown target type '{target[:64]}' in '{value[:80]}'")
+    if code == "*":
+        codes = tuple(c for c, p in registry.params(src).items() if p.type == "reference")
+    else:
+        p = registry.get(src, code)
+        if p is None or p.type != "reference":
+            raise ValueError(f"'{code[:64]}' is not a reference search parameter of {src}")
+        if target is not None and p.targets and target not in p.targets:
+            raise ValueError(f"{src}:{code} cannot refer to {target}")
+        codes = (code,)
+    return IncludeSpec(reverse, iterate, src, codes, target, raw)
+
+
+def _include_query(spec: IncludeSpec, sources: list[Found], extra: Callable[[str, Any], Any] | None):
+    ref = sp_reference.alias("inc_ref")
+    r = resource.alias("inc_res")
+    rids = [f.rid for f in sources if spec.source_type in (None, f.res_type)]
+    if not rids:
+        return None
+    conds = [ref.c.rid.in_(rids), r.c.deleted.is_(False)]
+    if spec.source_type is not None:
+        conds.append(ref.c.res_type == spec.source_type)
+        conds.append(ref.c.param.in_(spec.params))
+    if spec.target is not None:
+        conds.append(ref.c.target_type == spec.target)
+    q = (
+        select(r.c.rid, r.c.res_type, r.c.res_id, resource_version.c.content)
+        .select_from(ref)
+        .join(r, and_(r.c.res_type == ref.c.target_type, r.c.res_id == ref.c.target_id))
+        .join(resource_version, and_(resource_version.c.rid == r.c.rid, resource_version.c.version == r.c.version))
+        .where(*conds)
+    )
+    return _with_extra(q, r, extra)
+
+
+def _revinclude_query(spec: IncludeSpec, targets: list[Found], extra: Callable[[str, Any], Any] | None):
+    ref = sp_reference.alias("rev_ref")
+    r = resource.alias("rev_res")
+    by_type: dict[str, list[str]] = {}
+    for f in targets:
+        if spec.target is None or spec.target == f.res_type:
+            by_type.setdefault(f.res_type, []).append(f.res_id)
+    if not by_type:
+        return None
+    target_cond = or_(*(and_(ref.c.target_type == t, ref.c.target_id.in_(ids)) for t, ids in by_type.items()))
+    conds = [target_cond, r.c.deleted.is_(False)]
+    if spec.source_type is not None:
+        conds.append(ref.c.res_type == spec.source_type)
+        conds.append(ref.c.param.in_(spec.params))
+    q = (
+        select(r.c.rid, r.c.res_type, r.c.res_id, resource_version.c.content)
+        .select_from(ref)
+        .join(r, r.c.rid == ref.c.rid)
+        .join(resource_version, and_(resource_version.c.rid == r.c.rid, resource_version.c.version == r.c.version))
+        .where(*conds)
+    )
+    return _with_extra(q, r, extra)
+
+
+def _with_extra(q, r, extra):
+    if extra is None:
+        return q
+    cond = extra(r)
+    return q if cond is None else q.where(cond)
+
+
+def resolve_includes(conn: Connection, specs: list[IncludeSpec], matches: list[Found],
+                     extra: Callable[[Any], Any] | None = None,
+                     on_query: Callable[[Any], None] | None = None) -> list[Found]:
+    """The included resources (not already among ``matches``), in a stable order."""
+    if not specs or not matches:
+        return []
+    seen = {f.rid for f in matches}
+    out: list[Found] = []
+    frontier = list(matches)
+    for round_no in range(MAX_ITERATIONS):
+        active = specs if round_no == 0 else [s for s in specs if s.iterate]
+        if not active or not frontier:
+            break
+        pool = frontier
+        new: list[Found] = []
+        for spec in active:
+            q = (_revinclude_query if spec.reverse else _include_query)(spec, pool, extra)
+            if q is None:
+                continue
+            if on_query is not None:
+                on_query(q)
+            for row in conn.execute(q.order_by(q.selected_columns[0])):
+                if row.rid in seen:
+                    continue
+                seen.add(row.rid)
+                new.append(Found(row.rid, row.res_type, row.res_id, row.content))
+        out.extend(new)
+        frontier = new
+    return out
