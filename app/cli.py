@@ -7,6 +7,9 @@ import sys
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
+from werkzeug.serving import run_simple
+
+from app.loader.cli import demo, load
 
 
 def _create_app():
@@ -52,33 +55,41 @@ def _safe_url(url: str) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
 @click.option("--debug/--no-debug", default=False, help="Flask debug mode (never in production).")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Load the demo data set first (4 Synthea patients and the UK Core examples; "
+    "loading twice changes nothing).",
+)
 @with_appcontext
-def run(host: str, port: int, debug: bool) -> None:
+def run(host: str, port: int, debug: bool, demo: bool) -> None:
     """Create/migrate the database if needed and serve the FHIR API (development server).
 
     In production run ``gunicorn wsgi:app`` instead, after ``results-repo db upgrade``.
     """
     from app.db.migrate import upgrade
+    from app.loader.demo import demo_instructions, load_demo
 
     app = current_app._get_current_object()
     upgrade(app.config["DATABASE_URL"])
     base = app.config.get("PUBLIC_BASE_URL") or f"http://{host}:{port}/fhir"
-    click.echo(f"FHIR base: {base}   (database: {_safe_url(app.config['DATABASE_URL'])})")
-    click.echo(f"Try: curl -s {base}/metadata | head -c 300")
-    app.run(host=host, port=port, debug=debug, use_reloader=False, threaded=True)
+    if demo:
+        click.echo("Loading the demo data set ...")
+        summary = load_demo(app)
+        click.echo(
+            f"Demo data: {summary.loaded} loaded, {summary.unchanged} already there, "
+            f"{len(summary.failed)} refused (UK Core examples whose references are not in the set)."
+        )
+        click.echo(demo_instructions(base, serving=True))
+    else:
+        click.echo(f"Try: curl -s {base}/metadata | head -c 300")
+    click.echo(f"\nServing {base}   (database: {_safe_url(app.config['DATABASE_URL'])}); Ctrl+C stops.")
+    # Flask's app.run() refuses to start under a Flask CLI group, so serve with werkzeug directly.
+    run_simple(host, port, app, use_debugger=debug, use_reloader=False, threaded=True)
 
 
-def _register_more() -> None:
-    from app.loader.cli import demo, load
-
-    main.add_command(load)
-    main.add_command(demo)
-
-
-try:
-    _register_more()
-except ImportError:  # the loader package is optional during partial installs
-    pass
+main.add_command(load)
+main.add_command(demo)
 
 
 if __name__ == "__main__":
