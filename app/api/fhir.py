@@ -14,7 +14,7 @@ from app.api.negotiation import (
     require_json_body,
 )
 from app.fhir.errors import FhirError
-from app.fhir.jsonutil import loads_body
+from app.fhir.jsonutil import MAX_JSON_DEPTH, loads_body, too_deep
 from app.interactions import bundle as bundle_ix
 from app.interactions import history as history_ix
 from app.interactions import read as read_ix
@@ -41,23 +41,6 @@ def _negotiate() -> None:
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
-# Containers (objects and arrays) nested deeper than this are refused before anything recursive
-# (validation, indexing, reference rewriting) sees them: deep input must give 400, not a
-# RecursionError and a 500. Real resources stay far below (a transaction Bundle adds four).
-MAX_JSON_DEPTH = 100
-
-
-def _too_deep(doc: object, limit: int = MAX_JSON_DEPTH) -> bool:
-    stack = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
-
-
 def _body_bytes() -> bytes:
     raw = request.get_data(cache=False)
     limit = request.max_content_length
@@ -72,7 +55,7 @@ def _load(raw: bytes) -> object:
     if _NUL_ESCAPE.search(raw):
         raise FhirError(400, "invalid", "The body contains a NUL character (\\u0000); FHIR strings may not.")
     doc = loads_body(raw)
-    if isinstance(doc, (dict, list)) and _too_deep(doc):
+    if isinstance(doc, (dict, list)) and too_deep(doc):
         raise FhirError(400, "structure", f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep.")
     return doc
 

@@ -19,6 +19,29 @@ def loads_body(raw: bytes | str) -> object:
         raise FhirError(400, "structure", f"The request body is not valid JSON: {exc}") from None
 
 
+# Containers (objects and arrays) nested deeper than this are refused before anything recursive
+# (validation, indexing, reference rewriting) sees them: deep input must give 400, not a
+# RecursionError and a 500. Real resources stay far below (a transaction Bundle adds four).
+MAX_JSON_DEPTH = 100
+
+
+def too_deep(doc: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``doc`` nests containers deeper than ``limit`` (checked without recursion)."""
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
 def dumps(obj: object) -> bytes:
     return orjson.dumps(obj)
 

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from app.fhir import nhs_number
 from app.fhir.errors import FhirError, Issue
+from app.fhir.jsonutil import MAX_JSON_DEPTH, too_deep
 
 logger = logging.getLogger(__name__)
 
@@ -630,6 +631,11 @@ def validate_resource(data: Any, expected_type: str | None = None) -> None:
     """
     if not isinstance(data, dict):
         raise FhirError(400, "structure", "A resource must be a JSON object")
+    if too_deep(data):
+        # The walker and pydantic recurse; direct callers (loader, bundles) get a 400 too.
+        raise FhirError(
+            400, "structure", f"The resource nests objects and arrays deeper than {MAX_JSON_DEPTH} levels"
+        )
     rt = data.get("resourceType")
     if not isinstance(rt, str) or not rt:
         raise FhirError(

@@ -382,3 +382,22 @@ def test_required_binding_codes_are_enforced_where_the_list_is_complete() -> Non
     assert exc.value.code == "code-invalid"
     assert exc.value.expression == ["Patient.gender"]
     validate_resource({"resourceType": "Patient", "gender": "unknown"})
+
+
+@pytest.mark.parametrize("depth, refused", [(90, False), (3000, True)])
+def test_deep_nesting_is_a_400_not_a_recursion_error(depth: int, refused: bool) -> None:
+    """Direct callers (loader, bundle entries) get the depth cap too, not only the HTTP layer."""
+    data = obs()
+    node = data
+    for _ in range(depth // 2):
+        child: dict = {"url": "http://example.org/x"}
+        node["extension"] = [child]
+        node = child
+    node["valueString"] = "leaf"
+    if refused:
+        err = raises(data)
+        assert err.status == 400
+        assert err.issues[0].code == "structure"
+        assert "deeper than" in err.issues[0].diagnostics
+    else:
+        validate_resource(data)
