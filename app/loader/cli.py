@@ -84,7 +84,10 @@ def load(
     whose references are not yet stored is retried after the others, so order does not matter.
     Exits 1 if anything failed.
     """
+    from app.db.migrate import upgrade
+
     app = current_app._get_current_object()
+    upgrade(app.config["DATABASE_URL"])  # like `run`: a new database gets its schema first
     bar = _Bar(progress)
     try:
         summary = load_paths(

@@ -346,3 +346,19 @@ def test_all_shared_synthea_and_spec_examples(tmp_path):
     assert ex.skipped_by_type["MolecularSequence"] == 12
     assert ex.skipped_by_type["(read requests: GET/HEAD entries)"] >= 4
     app.extensions["results_repo"].engine.dispose()
+
+
+def test_load_into_a_new_sqlite_database_creates_the_schema(tmp_path):
+    """Like `run`, `load` migrates first: a new user's first command may be `load`."""
+    from app import create_app
+    from app.cli import main
+
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    app = create_app({"DATABASE_URL": url, "TESTING": True, "SECRET_KEY": "x"})
+    try:
+        patient = write_json(tmp_path / "p.json", {"resourceType": "Patient", "id": "p-new"})
+        res = app.test_cli_runner().invoke(main, ["load", "--no-progress", str(patient)])
+        assert res.exit_code == 0, res.output
+        assert stored_counts(app) == {"Patient": 1}
+    finally:
+        app.extensions["results_repo"].engine.dispose()
