@@ -7,18 +7,45 @@ from app.interactions.context import FhirContext
 
 INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
 
+# Parameters every type has (search.html "Parameters for all resources"); listed once at the
+# system level as well, where _type selects the types.
+COMMON = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
+PATIENT_COMPARTMENT = "http://hl7.org/fhir/CompartmentDefinition/patient"
+
+
+def _includes(registry, enabled: frozenset[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """``_include`` values per type and ``_revinclude`` values per target type, from the registry's
+    reference parameters (restricted to enabled targets: others cannot be returned)."""
+    inc: dict[str, list[str]] = {t: ["*"] for t in enabled}
+    rev: dict[str, list[str]] = {t: [] for t in enabled}
+    for t in sorted(enabled):
+        for code, sp in sorted(registry.params(t).items()):
+            if sp.type != "reference":
+                continue
+            targets = [x for x in sp.targets if x in enabled] if sp.targets else sorted(enabled)
+            if not targets:
+                continue
+            inc[t].append(f"{t}:{code}")
+            for target in targets:
+                rev[target].append(f"{t}:{code}")
+    return inc, rev
+
 
 def capability_statement(ctx: FhirContext, config) -> dict:
     resources = []
+    registry = ctx.registry
+    inc, rev = _includes(registry, ctx.enabled_types) if registry is not None else ({}, {})
+    system_params: list[dict] = []
     for t in sorted(ctx.enabled_types):
         params = []
-        registry = ctx.registry
         if registry is not None:
             for code, sp in sorted(registry.params(t).items()):
                 entry = {"name": code, "type": sp.type}
                 if getattr(sp, "url", None):
                     entry["definition"] = sp.url
                 params.append(entry)
+                if code in COMMON and all(p["name"] != code for p in system_params):
+                    system_params.append(entry)
         res = {
             "type": t,
             "interaction": [{"code": c} for c in INTERACTIONS],
@@ -30,6 +57,8 @@ def capability_statement(ctx: FhirContext, config) -> dict:
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "enforced", "local"],
+            "searchInclude": inc.get(t, []),
+            "searchRevInclude": sorted(set(rev.get(t, []))),
             "searchParam": params,
         }
         resources.append(res)
@@ -53,7 +82,14 @@ def capability_statement(ctx: FhirContext, config) -> dict:
                     "resources of the supported types must resolve (referential integrity)."
                 ),
                 "resource": resources,
-                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+                "interaction": [
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                    {"code": "search-system"},
+                    {"code": "history-system"},
+                ],
+                "searchParam": system_params,
+                "compartment": [PATIENT_COMPARTMENT],
             }
         ],
     }

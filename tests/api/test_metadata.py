@@ -96,3 +96,23 @@ def test_metadata_format_negotiation(http, base):
     )
     assert_outcome(http.get(f"{base}/metadata", params={"_format": "xml"}), 406, "not-supported")
     assert_outcome(http.post(f"{base}/metadata", json={}), 405)
+
+
+def test_search_capabilities_are_declared(http, base):
+    """System search, the common parameters, the Patient compartment and include lists."""
+    rest = _cs(http, base)["rest"][0]
+    assert "search-system" in {i["code"] for i in rest["interaction"]}
+    assert {p["name"] for p in rest["searchParam"]} == {
+        "_id",
+        "_lastUpdated",
+        "_tag",
+        "_profile",
+        "_security",
+        "_source",
+    }
+    assert rest["compartment"] == ["http://hl7.org/fhir/CompartmentDefinition/patient"]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    report = by_type["DiagnosticReport"]
+    assert {"*", "DiagnosticReport:result", "DiagnosticReport:patient"} <= set(report["searchInclude"])
+    assert "Observation:patient" in by_type["Patient"]["searchRevInclude"]
+    assert "DiagnosticReport:result" in by_type["Observation"]["searchRevInclude"]
