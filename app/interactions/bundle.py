@@ -163,7 +163,7 @@ def _resolve_identities(ctx: FhirContext, repo: Repository, entries: list[Entry]
     for e in entries:
         if e.method == "POST":
             if e.if_none_exist:
-                matches = find(ctx, repo.conn, e.res_type, e.if_none_exist.lstrip("?").split("?", 1)[-1])
+                matches = find(ctx, repo.conn, e.res_type, e.if_none_exist.lstrip("?").split("?", 1)[-1], letter="c")
                 if len(matches) > 1:
                     raise _fail(e.index, FhirError(412, "multiple-matches", f"ifNoneExist matched more than one {e.res_type}."))
                 if matches:
@@ -200,7 +200,7 @@ def _rewrite(ctx: FhirContext, repo: Repository, e: Entry, mapping: dict[str, st
             if m:
                 if value not in cond_cache:
                     ctx.check_type(m.group(1))
-                    matches = find(ctx, repo.conn, m.group(1), m.group(2))
+                    matches = find(ctx, repo.conn, m.group(1), m.group(2), letter="rs")
                     if len(matches) != 1:
                         raise FhirError(
                             412,
@@ -227,6 +227,18 @@ def _rewrite(ctx: FhirContext, repo: Repository, e: Entry, mapping: dict[str, st
         raise _fail(e.index, err) from None
 
 
+def _prefetch(repo: Repository, entries: list[Entry]) -> None:
+    """Set-based reads before the per-entry writes: the current rows of every PUT, PATCH and
+    DELETE target in one query, and (PostgreSQL) the row ids of every resource this transaction
+    creates in one more, instead of a round trip or two per entry."""
+    repo.prefetch_heads(
+        (e.res_type, e.target_id) for e in entries if e.method in ("PUT", "PATCH", "DELETE") and e.target_id
+    )
+    creates = sum(1 for e in entries if e.method == "POST" and not e.existing)
+    creates += sum(1 for e in entries if e.method == "PUT" and repo.head(e.res_type, e.target_id) is None)
+    repo.reserve_rids(creates)
+
+
 def _response(stored: Stored | None, status: int, ctx: FhirContext, with_location: bool) -> dict:
     resp: dict = {"status": {200: "200 OK", 201: "201 Created", 204: "204 No Content"}.get(status, str(status))}
     if stored is not None:
@@ -246,6 +258,7 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
         for e in entries:
             if e.method in ("POST", "PUT") and e.resource is not None:
                 e.resource = _rewrite(ctx, repo, e, mapping, cond_cache)
+        _prefetch(repo, entries)
         written: list[tuple[str, dict]] = []
         stored_by: dict[int, Stored] = {}
         deleted: list[Entry] = []
@@ -253,7 +266,8 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
             try:
                 if e.method == "DELETE":
                     if e.res_id is None:
-                        matches = find(ctx, conn, e.res_type, e.query or "")
+                        repo.flush()  # the search must see this transaction's writes so far
+                        matches = find(ctx, conn, e.res_type, e.query or "", letter="d")
                         if len(matches) > 1:
                             raise FhirError(412, "multiple-matches", f"The conditional delete matched more than one {e.res_type}.")
                         e.target_id = matches[0].res_id if matches else None
@@ -271,13 +285,16 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
                     stored_by[e.index] = stored
                 elif e.method == "PUT":
                     body = {**e.resource, "id": e.target_id}
-                    stored, status = write_ix.update_in(ctx, repo, e.res_type, e.target_id, body, e.if_match)
+                    stored, status = write_ix.update_in(
+                        ctx, repo, e.res_type, e.target_id, body, e.if_match, with_content=representation
+                    )
                     written.append((f"Bundle.entry[{e.index}]", body))
                     e.result = _response(stored, status, ctx, True)
                     stored_by[e.index] = stored
                 elif e.method == "PATCH":
                     if e.res_id is None:
-                        matches = find(ctx, conn, e.res_type, e.query or "")
+                        repo.flush()  # the search must see this transaction's writes so far
+                        matches = find(ctx, conn, e.res_type, e.query or "", letter="u")
                         if len(matches) != 1:
                             raise FhirError(412, "multiple-matches", f"A conditional patch needs exactly one match; {len(matches)} matched.")
                         e.target_id = matches[0].res_id

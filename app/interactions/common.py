@@ -32,15 +32,18 @@ def validated(ctx: FhirContext, body: object, expected_type: str) -> dict:
     return body
 
 
-def find(ctx: FhirContext, conn: Connection, res_type: str, query: str, limit: int = 2) -> list:
+def find(ctx: FhirContext, conn: Connection, res_type: str, query: str, limit: int = 2, letter: str = "s") -> list:
     """Matches for a conditional operation: strict parsing, so an unknown parameter is an error
-    rather than silently matching everything."""
+    rather than silently matching everything.  Only rows the caller's token reaches with
+    ``letter`` (c, r, u, d, s) can match."""
+    from app.auth.permission import conditional_rewrite
     from app.search import find_matches
 
     params = parse_query(query)
     if not params:
         raise FhirError(400, "invalid", f"A conditional {res_type} operation needs search criteria.")
-    return find_matches(conn, ctx.registry, res_type, params, base_url=ctx.base_url, tz=ctx.tz, limit=limit)
+    return find_matches(conn, ctx.registry, res_type, params, base_url=ctx.base_url, tz=ctx.tz, limit=limit,
+                        rewrite=conditional_rewrite(ctx, res_type, letter))
 
 
 def check_references(repo: Repository, bodies: list[tuple[str, dict]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from app.auth.permission import guard_read
 from app.db import unit_of_work
 from app.fhir.errors import FhirError
 from app.fhir.jsonutil import http_date
@@ -27,6 +28,7 @@ def read(ctx: FhirContext, res_type: str, res_id: str) -> Result:
     ctx.check_id(res_id)
     with unit_of_work(ctx.engine) as conn:
         stored = ctx.repo(conn).read(res_type, res_id)
+        guard_read(ctx, conn, res_type, res_id, stored.rid if stored else None)
     if stored is None:
         raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
     return _answer(stored)
@@ -39,6 +41,7 @@ def vread(ctx: FhirContext, res_type: str, res_id: str, version: str) -> Result:
         raise FhirError(400, "invalid", f"'{version[:40]}' is not a version id (a positive integer).")
     with unit_of_work(ctx.engine) as conn:
         stored = ctx.repo(conn).vread(res_type, res_id, int(version))
+        guard_read(ctx, conn, res_type, res_id, stored.rid if stored else None, stored.content if stored else None)
     if stored is None:
         raise FhirError(404, "not-found", f"{res_type}/{res_id} has no version {version}.")
     return _answer(stored)

@@ -12,6 +12,7 @@ import jsonpatch
 import orjson
 from sqlalchemy import Connection
 
+from app.auth.permission import guard_write_target, guard_written
 from app.db import unit_of_work
 from app.fhir.errors import FhirError
 from app.interactions.common import (
@@ -51,17 +52,20 @@ def create_in(
     res_id: str | None = None,
 ) -> tuple[Stored, int]:
     """Returns (stored, status): 201 created, or 200 when If-None-Exist matched one resource."""
+    guard_write_target(ctx, repo.conn, res_type, res_id, None, "c")
     if if_none_exist:
-        matches = find(ctx, repo.conn, res_type, if_none_exist.lstrip("?").split("?", 1)[-1])
+        matches = find(ctx, repo.conn, res_type, if_none_exist.lstrip("?").split("?", 1)[-1], letter="c")
         if len(matches) > 1:
             raise FhirError(412, "multiple-matches", f"If-None-Exist matched more than one {res_type}; nothing was created.")
         if matches:
             return repo.read(res_type, matches[0].res_id), 200
     body = {k: v for k, v in body.items() if k != "id"}  # the server assigns ids on create
     try:
-        return repo.create(body, res_id=res_id, method="POST"), 201
+        stored = repo.create(body, res_id=res_id, method="POST")
     except VersionConflict as exc:
         raise conflict(exc, False) from None
+    guard_written(ctx, repo, res_type, stored, "c")
+    return stored, 201
 
 
 def create(ctx: FhirContext, res_type: str, body: object, if_none_exist: str | None) -> Result:
@@ -86,22 +90,29 @@ def update_in(
     body: dict,
     if_match: int | None,
     method: str = "PUT",
+    with_content: bool = True,
 ) -> tuple[Stored, int]:
     """Update or update-as-create. Returns (stored, 200|201). A body identical to the current
-    version (ignoring meta.versionId/lastUpdated) makes no new version."""
+    version (ignoring meta.versionId/lastUpdated) makes no new version; its answer carries the
+    stored content only if ``with_content`` (a transaction without return=representation does
+    not need it, and skips the query)."""
     head = repo.head(res_type, res_id)
+    letter = "u" if head is not None and not head.deleted else "c"  # update-as-create needs c
+    guard_write_target(ctx, repo.conn, res_type, res_id, head, letter)
     if if_match is not None and (head is None or head.version != if_match):
         current = "does not exist" if head is None else f"is at version {head.version}"
         raise FhirError(412, "conflict", f"If-Match asked for version {if_match} but {res_type}/{res_id} {current}.")
     try:
         if head is None:
-            return repo.create(body, res_id=res_id, method=method), 201
-        if not head.deleted and head.content_hash == content_hash(body):
-            return repo.read(res_type, res_id), 200
-        stored = repo.update(head, body, res_id, method=method)
-        return stored, (201 if head.deleted else 200)
+            stored, status = repo.create(body, res_id=res_id, method=method), 201
+        elif not head.deleted and head.content_hash == content_hash(body):
+            return repo.current(head, res_type, res_id, with_content), 200
+        else:
+            stored, status = repo.update(head, body, res_id, method=method), (201 if head.deleted else 200)
     except VersionConflict as exc:
         raise conflict(exc, if_match is not None) from None
+    guard_written(ctx, repo, res_type, stored, letter)
+    return stored, status
 
 
 def _check_body_id(body: dict, res_id: str) -> None:
@@ -126,7 +137,7 @@ def update(ctx: FhirContext, res_type: str, res_id: str, body: object, if_match:
 
 def resolve_conditional(ctx: FhirContext, conn: Connection, res_type: str, query: str, body_id: str | None) -> str | None:
     """The id a conditional update targets: the single match, or None for 'create'."""
-    matches = find(ctx, conn, res_type, query)
+    matches = find(ctx, conn, res_type, query, letter="u")
     if len(matches) > 1:
         raise FhirError(412, "multiple-matches", f"The conditional update matched more than one {res_type}; nothing was changed.")
     if matches:
@@ -190,7 +201,7 @@ def patch(ctx: FhirContext, res_type: str, res_id: str | None, query: str | None
     with unit_of_work(ctx.engine, write=True) as conn:
         repo = ctx.repo(conn)
         if res_id is None:
-            matches = find(ctx, conn, res_type, query or "")
+            matches = find(ctx, conn, res_type, query or "", letter="u")
             if len(matches) != 1:
                 raise FhirError(412, "multiple-matches" if matches else "not-found", f"A conditional patch needs exactly one match; {len(matches)} {res_type} matched.")
             res_id = matches[0].res_id
@@ -225,6 +236,7 @@ def delete_in(
     A transaction passes ``check_referrers=False`` and checks once its other entries are written
     (they may re-point or delete the referrers)."""
     head = repo.head(res_type, res_id)
+    guard_write_target(ctx, repo.conn, res_type, res_id, head, "d")
     if head is None:
         raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
     if if_match is not None and head.version != if_match:
@@ -244,7 +256,7 @@ def delete(ctx: FhirContext, res_type: str, res_id: str | None, query: str | Non
     with unit_of_work(ctx.engine, write=True) as conn:
         repo = ctx.repo(conn)
         if res_id is None:
-            matches = find(ctx, conn, res_type, query or "")
+            matches = find(ctx, conn, res_type, query or "", letter="d")
             if len(matches) > 1:
                 raise FhirError(412, "multiple-matches", f"The conditional delete matched more than one {res_type}; nothing was deleted.")
             if not matches:

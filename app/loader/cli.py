@@ -131,3 +131,6 @@ def demo(reset: bool, progress: bool) -> None:
         )
     base = app.config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8080/fhir"
     click.echo(demo_instructions(base))
+    from app.auth.demo import access_instructions, setup_demo_access
+
+    click.echo(access_instructions(base, setup_demo_access(app)))
