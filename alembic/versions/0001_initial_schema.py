@@ -66,9 +66,9 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['rid'], ['resource.rid'], name=op.f('fk_sp_date_rid_resource'))
     )
     with op.batch_alter_table('sp_date', schema=None) as batch_op:
-        batch_op.create_index('ix_sp_date_0', ['res_type', 'param', 'low'], unique=False)
-        batch_op.create_index('ix_sp_date_1', ['res_type', 'param', 'high'], unique=False)
-        batch_op.create_index('ix_sp_date_rid', ['rid'], unique=False)
+        batch_op.create_index('ix_sp_date_0', ['res_type', 'param', 'low', 'high', 'rid'], unique=False)
+        batch_op.create_index('ix_sp_date_1', ['res_type', 'param', 'high', 'low', 'rid'], unique=False)
+        batch_op.create_index('ix_sp_date_rid', ['rid', 'res_type', 'param', 'low', 'high'], unique=False)
 
     op.create_table('sp_number',
     sa.Column('rid', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -79,7 +79,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['rid'], ['resource.rid'], name=op.f('fk_sp_number_rid_resource'))
     )
     with op.batch_alter_table('sp_number', schema=None) as batch_op:
-        batch_op.create_index('ix_sp_number_0', ['res_type', 'param', 'value'], unique=False)
+        batch_op.create_index('ix_sp_number_0', ['res_type', 'param', 'value', 'rid'], unique=False)
         batch_op.create_index('ix_sp_number_rid', ['rid'], unique=False)
 
     op.create_table('sp_quantity',
@@ -96,8 +96,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['rid'], ['resource.rid'], name=op.f('fk_sp_quantity_rid_resource'))
     )
     with op.batch_alter_table('sp_quantity', schema=None) as batch_op:
-        batch_op.create_index('ix_sp_quantity_0', ['res_type', 'param', 'code', 'value'], unique=False)
-        batch_op.create_index('ix_sp_quantity_1', ['res_type', 'param', 'canon_code', 'canon_value'], unique=False)
+        batch_op.create_index('ix_sp_quantity_0', ['res_type', 'param', 'code', 'value', 'rid'], unique=False)
+        batch_op.create_index('ix_sp_quantity_1', ['res_type', 'param', 'canon_code', 'canon_value', 'rid'], unique=False)
         batch_op.create_index('ix_sp_quantity_rid', ['rid'], unique=False)
 
     op.create_table('sp_reference',
@@ -111,7 +111,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['rid'], ['resource.rid'], name=op.f('fk_sp_reference_rid_resource'))
     )
     with op.batch_alter_table('sp_reference', schema=None) as batch_op:
-        batch_op.create_index('ix_sp_reference_0', ['res_type', 'param', 'target_id', 'target_type'], unique=False)
+        batch_op.create_index('ix_sp_reference_0', ['res_type', 'param', 'target_id', 'target_type', 'rid'], unique=False)
         batch_op.create_index('ix_sp_reference_1', ['target_type', 'target_id'], unique=False)
         batch_op.create_index('ix_sp_reference_rid', ['rid'], unique=False)
 
@@ -125,7 +125,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['rid'], ['resource.rid'], name=op.f('fk_sp_string_rid_resource'))
     )
     with op.batch_alter_table('sp_string', schema=None) as batch_op:
-        batch_op.create_index('ix_sp_string_0', ['res_type', 'param', 'value_norm'], unique=False)
+        batch_op.create_index('ix_sp_string_0', ['res_type', 'param', 'value_norm', 'rid'], unique=False)
         batch_op.create_index('ix_sp_string_rid', ['rid'], unique=False)
 
     op.create_table('sp_token',
@@ -138,8 +138,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['rid'], ['resource.rid'], name=op.f('fk_sp_token_rid_resource'))
     )
     with op.batch_alter_table('sp_token', schema=None) as batch_op:
-        batch_op.create_index('ix_sp_token_0', ['res_type', 'param', 'code', 'system'], unique=False)
-        batch_op.create_index('ix_sp_token_1', ['res_type', 'param', 'system'], unique=False)
+        batch_op.create_index('ix_sp_token_0', ['res_type', 'param', 'code', 'system', 'rid'], unique=False)
+        batch_op.create_index('ix_sp_token_1', ['res_type', 'param', 'system', 'code', 'rid'], unique=False)
         batch_op.create_index('ix_sp_token_rid', ['rid'], unique=False)
 
     op.create_table('sp_uri',
@@ -151,7 +151,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['rid'], ['resource.rid'], name=op.f('fk_sp_uri_rid_resource'))
     )
     with op.batch_alter_table('sp_uri', schema=None) as batch_op:
-        batch_op.create_index('ix_sp_uri_0', ['res_type', 'param', 'value'], unique=False)
+        batch_op.create_index('ix_sp_uri_0', ['res_type', 'param', 'value', 'rid'], unique=False)
         batch_op.create_index('ix_sp_uri_rid', ['rid'], unique=False)
 
     # ### end Alembic commands ###

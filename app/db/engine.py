@@ -41,7 +41,11 @@ def make_engine(url: str, echo: bool = False) -> Engine:
                 conn.exec_driver_sql("BEGIN")
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pool_pre_ping: it costs a round trip (``SELECT 1``) on every checkout, i.e. every request.
+    # Instead: connections are recycled after 30 min (before server/firewall idle timeouts), and a
+    # connection found dead while executing makes SQLAlchemy invalidate the whole pool, so after a
+    # database restart one request per worker sees the error (searches retry it once, being reads).
+    return create_engine(url, echo=echo, pool_pre_ping=False, pool_recycle=1800, pool_size=10, max_overflow=20)
 
 
 @contextmanager

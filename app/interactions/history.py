@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from app.auth.permission import guard_history_list, guard_read, guard_versions
 from app.db import unit_of_work
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
@@ -31,6 +32,8 @@ def history(ctx: FhirContext, res_type: str | None, res_id: str | None, args: di
         ctx.check_type(res_type)
     if res_id is not None:
         ctx.check_id(res_id)
+    if res_id is None:
+        guard_history_list(ctx, res_type)
     count = _page_size(ctx, args.get("_count"))
     since: datetime | None = None
     if args.get("_since"):
@@ -47,9 +50,14 @@ def history(ctx: FhirContext, res_type: str | None, res_id: str | None, args: di
             raise FhirError(400, "invalid", "The paging cursor is not valid; start again from the first page.", ["_cursor"]) from None
     with unit_of_work(ctx.engine) as conn:
         repo = ctx.repo(conn)
-        if res_id is not None and repo.head(res_type, res_id) is None:
+        head = repo.head(res_type, res_id) if res_id is not None else None
+        if res_id is not None:
+            guard_read(ctx, conn, res_type, res_id, head.rid if head is not None else None)
+        if res_id is not None and head is None:
             raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
         rows = repo.history(res_type, res_id, since, before, count + 1)
+        if res_id is not None:
+            guard_versions(ctx, res_type, res_id, [r.content for r in rows[:count]])
         total = repo.count_history(res_type, res_id, since) if before is None and count > 0 else None
     more = len(rows) > count
     rows = rows[:count]

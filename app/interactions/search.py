@@ -7,7 +7,10 @@ stored bytes.
 
 Result control:
 - ``_sort`` (app.search.sort), paging with signed cursors (app.search.paging): ``self``/``next``/
-  ``previous`` links, no OFFSET; the default order is insertion order (``rid``).
+  ``previous`` links, no OFFSET; the default order is insertion order (``rid``), except for
+  polling searches (a ``_lastUpdated`` lower bound, no ``_sort``): ``(lastUpdated, rid)``.
+  In ``rid`` order the cursor's rid bound is pushed into every index subquery, so page 100
+  costs what page 1 does.
 - ``_count``: default/maximum from config; over the maximum it is capped and an OperationOutcome
   warning entry says so.
 - ``_total``: ``none`` (default, no count), ``accurate`` (``count(*)`` of the matches),
@@ -24,27 +27,33 @@ Result control:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import Connection, Select, and_, func, select, union_all
+from sqlalchemy import Connection, Engine, Select, and_, func, select, union_all
+from sqlalchemy.exc import DBAPIError
 
 from app.db import unit_of_work
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
 from app.interactions.context import FhirContext, Result
 from app.search import parse
+from app.search.expr import DateValue, Match
 from app.search.include import Found, parse_includes, resolve_includes
 from app.search.paging import Cursor, after, decode_cursor, encode_cursor, order_by, query_digest
 from app.search.parse import SearchRequest
-from app.search.plan import compile_tree
+from app.search.plan import Aliases, compile_tree, count_query, page_rids
 from app.search.rewrite import restrict_to_compartment
 from app.search.shape import parse_shape, shape_resource
 from app.search.sort import SortKey, parse_sort, sort_expression
 from app.storage.tables import resource, resource_version
 
 TOTAL_MODES = ("none", "estimate", "accurate")
+_LOWER_BOUNDED = ("gt", "ge", "sa", "eq", "ap")
+_NOT_NULL_KEYS = ("_lastUpdated", "_id")  # sort keys on NOT NULL columns of the resource row
 SQLITE_ESTIMATE_CAP = 10_000
 # Accepted and meaningful nowhere else; left out of links.
 _DROPPED = ("_format", "_pretty", "_contained", "_containedType")
@@ -137,20 +146,67 @@ def _count(ctx: FhirContext, values: list[str]) -> tuple[int, str | None]:
     return n, None
 
 
-def _match_query(ctx: FhirContext, scope: _Scope, reqs: dict[str, SearchRequest], keys: list[SortKey]):
-    """One Select per type (rid, res_type, res_id, version, k0..kn), UNION ALL-ed, as a subquery."""
+def _effective_tree(ctx: FhirContext, scope: _Scope, reqs: dict[str, SearchRequest], t: str):
+    """The search's expression tree for type ``t`` with every restriction (compartment, scopes).
+
+    Everything that narrows the matches must be in this tree: compile_tree may cut the page
+    (``limit``) and count_query may count on the index tables from it alone.
+    """
+    tree = reqs[t].tree()
+    if scope.compartment is not None:
+        tree = restrict_to_compartment(tree, scope.compartment, ctx.registry, t)
+    if ctx.permission is not None:  # the token's scopes, compiled in (app.auth.permission)
+        tree = ctx.permission.restrict_tree(tree, t, "s")
+    return tree
+
+
+def _match_query(ctx: FhirContext, scope: _Scope, reqs: dict[str, SearchRequest], keys: list[SortKey],
+                 bound: tuple[str, int] | None = None, limit: int | None = None):
+    """One Select per type (rid, res_type, res_id, version, k0..kn), UNION ALL-ed, as a subquery.
+
+    ``bound``: the page's keyset bound on ``rid`` when ``rid`` is the whole order (no sort keys),
+    pushed down into every index subquery (app.search.plan.compile_tree); ``limit``: the page
+    size + 1, which in ``rid`` order compile_tree may apply on the index tables already.
+    """
     branches: list[Select] = []
     for t in scope.types:
-        tree = reqs[t].tree()
-        if scope.compartment is not None:
-            tree = restrict_to_compartment(tree, scope.compartment, ctx.registry, t)
-        sel = compile_tree(t, tree).add_columns(resource.c.res_type)
+        tree = _effective_tree(ctx, scope, reqs, t)
+        aliases = Aliases()
+        sel = compile_tree(t, tree, bound, None if keys else limit, aliases).add_columns(resource.c.res_type)
         for i, k in enumerate(keys):
-            sel = sel.add_columns(sort_expression(k, t, resource, ctx.registry).label(f"k{i}"))
+            sel = sel.add_columns(sort_expression(k, t, resource, ctx.registry, aliases).label(f"k{i}"))
         branches.append(sel)
     if len(branches) == 1:
         return branches[0].subquery("m")
     return union_all(*branches).subquery("m")
+
+
+def _page(ctx: FhirContext, scope: _Scope, reqs: dict[str, SearchRequest], keys: list[SortKey],
+          bound: tuple[str, int] | None, count: int, cur: Cursor | None, reverse: bool) -> Select:
+    """The page query over the match query: keyset filter, sort, cut, then the page's JSON."""
+    m = _match_query(ctx, scope, reqs, keys, bound, count + 1)
+    if any(not _is_column(k, scope.types, ctx.registry) for k in keys):
+        # Sort keys from index tables are correlated subqueries: fence the match query (OFFSET 0
+        # stops PostgreSQL pulling it up) so each key is computed once per match, not once in
+        # the keyset filter and again in the sort.
+        m = select(m).offset(0).subquery("mf")
+    kcols = [m.c[f"k{i}"] for i in range(len(keys))]
+    top = select(m.c.rid, m.c.res_type, m.c.res_id, m.c.version, *kcols)
+    if cur is not None:
+        top = top.where(after(kcols, keys, m.c.rid, cur))
+        if keys and keys[0].code in _NOT_NULL_KEYS and cur.values[0] is not None:
+            # The bound the keyset condition implies on a first key that is never NULL, ANDed so
+            # the index range scan starts at the cursor (the OR-expanded condition alone is not).
+            v = cur.values[0]
+            top = top.where(kcols[0] <= v if keys[0].desc != reverse else kcols[0] >= v)
+    # Sort and cut the page on the narrow rows first; only the page's rows fetch their JSON.
+    top = top.order_by(*order_by(kcols, keys, m.c.rid, reverse)).limit(count + 1).subquery("p")
+    pk = [top.c[f"k{i}"] for i in range(len(keys))]
+    return (
+        select(top.c.rid, top.c.res_type, top.c.res_id, resource_version.c.content, *pk)
+        .join(resource_version, and_(resource_version.c.rid == top.c.rid, resource_version.c.version == top.c.version))
+        .order_by(*order_by(pk, keys, top.c.rid, reverse))
+    )
 
 
 def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict: bool) -> Result:
@@ -158,6 +214,8 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
     explain = ctx.debug_sql and any(k == "_explain" and v == "true" for k, v in params)
     drop = {"_cursor", *_DROPPED} | ({"_explain"} if ctx.debug_sql else set())
     params = [(k, v) for k, v in params if k not in drop]
+    if ctx.permission is not None:  # types the token may not search: 403, or left out if implicit
+        scope.types = ctx.permission.search_types(scope.types, len(scope.types) == 1 or bool(scope.extra_link_params))
 
     reqs = _parse_all(ctx, scope.types, params, strict)
     first = reqs[scope.types[0]]
@@ -168,11 +226,18 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
         raise FhirError(400, "invalid", f"_total must be one of none, estimate, accurate; got {total_mode[:40]!r}.", ["_total"])
     shape = parse_shape(ctl("_summary"), ctl("_elements"))
     keys, _ignored_sort = parse_sort(ctl("_sort"), scope.types, ctx.registry, strict=strict)
+    # Polling (``_lastUpdated=gt...`` and no ``_sort``): order by (lastUpdated, rid), which the
+    # (res_type, last_updated, rid) index delivers directly; in rid order the planner walks the
+    # primary key expecting matches everywhere while recent changes are all at the end.  The key
+    # is implied by the query, so it is not shown in the links.
+    implicit_keys = not keys and _polls_last_updated(first)
+    if implicit_keys:
+        keys = [SortKey("_lastUpdated", False, "datetime")]
     specs, _ignored_inc = parse_includes(first.control, ctx.registry, ctx.enabled_types, strict=strict)
 
     # What the self link shows and the cursor is bound to: only what was used.
     kept = list(scope.extra_link_params) + list(first.params)
-    if keys:
+    if keys and not implicit_keys:
         kept.append(("_sort", ",".join(("-" if k.desc else "") + k.code for k in keys)))
     kept += [s.raw for s in specs]
     kept += [(k, v) for k, v in first.control if k in ("_total", "_summary", "_elements")]
@@ -183,31 +248,45 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
     if cursor_tokens:
         cur = decode_cursor(ctx.secret_key, ctx.caller, digest, cursor_tokens[-1], keys)
 
-    m = _match_query(ctx, scope, reqs, keys)
-    if any(not _is_column(k, scope.types, ctx.registry) for k in keys):
-        # Sort keys from index tables are correlated subqueries: fence the match query (OFFSET 0
-        # stops PostgreSQL pulling it up) so each key is computed once per match, not once in
-        # the keyset filter and again in the sort.
-        m = select(m).offset(0).subquery("mf")
-    kcols = [m.c[f"k{i}"] for i in range(len(keys))]
+    # Default order (rid only): the cursor's rid bound goes into the match query itself.
+    bound = None
+    if cur is not None and not keys:
+        bound = ("<" if cur.direction == "prev" else ">", cur.rid)
     reverse = cur is not None and cur.direction == "prev"
-    top = select(m.c.rid, m.c.res_type, m.c.res_id, m.c.version, *kcols)
-    if cur is not None:
-        top = top.where(after(kcols, keys, m.c.rid, cur))
-    # Sort and cut the page on the narrow rows first; only the page's rows fetch their JSON.
-    top = top.order_by(*order_by(kcols, keys, m.c.rid, reverse)).limit(count + 1).subquery("p")
-    pk = [top.c[f"k{i}"] for i in range(len(keys))]
-    page = (
-        select(top.c.rid, top.c.res_type, top.c.res_id, resource_version.c.content, *pk)
-        .join(resource_version, and_(resource_version.c.rid == top.c.rid, resource_version.c.version == top.c.version))
-        .order_by(*order_by(pk, keys, top.c.rid, reverse))
-    )
+    wants_rows = shape.summary != "count" and count > 0
+    drv = None
+    if wants_rows and not keys and len(scope.types) == 1:
+        drv = page_rids(scope.types[0], _effective_tree(ctx, scope, reqs, scope.types[0]), bound, count + 1)
+
+    def all_matches():  # totals count every match, not only this page's
+        return _match_query(ctx, scope, reqs, keys)
+
+    def fast_count():  # built only when a count is needed
+        if len(scope.types) == 1 and scope.compartment is None and (
+                ctx.permission is None or not ctx.permission.changes(first.tree(), scope.types[0])):
+            # One clause: counted on its index table alone.  NB: valid only while the match query
+            # is exactly ``tree``; anything _match_query adds (e.g. an authorisation predicate)
+            # must switch this off.
+            return count_query(scope.types[0], _effective_tree(ctx, scope, reqs, scope.types[0]))
+        return None
+    if drv is not None:
+        # rid order, page cut on the index tables: one flat statement (no subquery layers to build).
+        r, rv = resource, resource_version
+        page = (
+            select(r.c.rid, r.c.res_type, r.c.res_id, rv.c.content)
+            .join_from(r, rv, and_(rv.c.rid == r.c.rid, rv.c.version == r.c.version))
+            .where(r.c.res_type == scope.types[0], r.c.deleted.is_(False), r.c.rid.in_(drv))
+            .order_by(r.c.rid.desc() if reverse else r.c.rid.asc())
+        )
+    elif wants_rows:
+        page = _page(ctx, scope, reqs, keys, bound, count, cur, reverse)
 
     sql_log: list[tuple[str, object]] = []
-    rows: list = []
-    total: int | None = None
-    with unit_of_work(ctx.engine) as conn:
-        if shape.summary != "count" and count > 0:
+
+    def fetch(conn: Connection):
+        rows: list = []
+        total: int | None = None
+        if wants_rows:
             sql_log.append(("page", page))
             rows = list(conn.execute(page).all())
         more = len(rows) > count
@@ -215,16 +294,33 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
         if reverse:
             rows.reverse()
         if shape.summary == "count":
-            total = _accurate(conn, m, sql_log)
+            total = _accurate(conn, all_matches, sql_log, fast_count)
         elif total_mode != "none":
             if cur is None and not more and count > 0:
                 total = len(rows)
             elif total_mode == "accurate":
-                total = _accurate(conn, m, sql_log)
+                total = _accurate(conn, all_matches, sql_log, fast_count)
             else:
-                total = _estimate(conn, m, sql_log)
+                total = _estimate(conn, all_matches(), sql_log)
         matches = [Found(r.rid, r.res_type, r.res_id, r.content) for r in rows]
-        included = resolve_includes(conn, specs, matches, on_query=lambda q: sql_log.append(("include", q)))
+        included = resolve_includes(conn, specs, matches, on_query=lambda q: sql_log.append(("include", q)),
+                                    extra=ctx.permission.include_filter(ctx.enabled_types) if ctx.permission else None)
+        return rows, more, total, matches, included
+
+    # A single statement needs no transaction of its own (no BEGIN/COMMIT round trips); several
+    # (page + total, includes) share one snapshot.
+    one_statement = not specs and (shape.summary == "count" or total_mode == "none")
+    for attempt in (1, 2):
+        try:
+            with _read_connection(ctx.engine, one_statement) as conn:
+                rows, more, total, matches, included = fetch(conn)
+            break
+        except DBAPIError as e:
+            # A connection that died while pooled (database restart): the pool is invalidated by
+            # then; a read is safe to run again once on a fresh connection.
+            if attempt == 2 or not e.connection_invalidated:
+                raise
+            sql_log.clear()
 
     links = _links(ctx, scope, link_params, keys, digest, rows, cursor_tokens, cur, more)
     entries = [
@@ -253,6 +349,27 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
     return Result(200, bundle_bytes(envelope, entries))
 
 
+@contextmanager
+def _read_connection(engine: Engine, one_statement: bool) -> Iterator[Connection]:
+    """PostgreSQL, one statement: autocommit (psycopg sets it client-side, no round trip);
+    otherwise a transaction (app.db.unit_of_work)."""
+    if one_statement and engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+        return
+    with unit_of_work(engine) as conn:
+        yield conn
+
+
+def _polls_last_updated(req: SearchRequest) -> bool:
+    """A top-level ``_lastUpdated`` clause whose every value has a lower bound (gt, ge, sa, eq, ap)."""
+    for c in req.clauses:
+        if (isinstance(c, Match) and getattr(c.param, "column", None) == "last_updated" and c.values
+                and all(isinstance(v, DateValue) and v.prefix in _LOWER_BOUNDED for v in c.values)):
+            return True
+    return False
+
+
 def _is_column(key: SortKey, types: list[str], registry) -> bool:
     return all(getattr(registry.get(t, key.code), "column", None) or key.code in ("_id", "_lastUpdated") for t in types)
 
@@ -279,8 +396,10 @@ def _links(ctx: FhirContext, scope: _Scope, link_params, keys, digest, rows, cur
     return links
 
 
-def _accurate(conn: Connection, m, sql_log) -> int:
-    q = select(func.count()).select_from(m)
+def _accurate(conn: Connection, all_matches, sql_log, fast_count) -> int:
+    q = fast_count()
+    if q is None:
+        q = select(func.count()).select_from(all_matches())
     sql_log.append(("total", q))
     return int(conn.execute(q).scalar_one())
 

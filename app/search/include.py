@@ -28,6 +28,9 @@ from app.fhir.errors import FhirError
 from app.storage.tables import resource, resource_version, sp_reference
 
 MAX_ITERATIONS = 4
+# Built once: an alias rebuilds its column collection when created (measurable per request).
+_INC_REF, _INC_RES = sp_reference.alias("inc_ref"), resource.alias("inc_res")
+_REV_REF, _REV_RES = sp_reference.alias("rev_ref"), resource.alias("rev_res")
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,7 @@ def _parse_one(reverse: bool, iterate: bool, value: str, registry: Any, enabled:
 
 
 def _include_query(spec: IncludeSpec, sources: list[Found], extra: Callable[[str, Any], Any] | None):
-    ref = sp_reference.alias("inc_ref")
-    r = resource.alias("inc_res")
+    ref, r = _INC_REF, _INC_RES
     rids = [f.rid for f in sources if spec.source_type in (None, f.res_type)]
     if not rids:
         return None
@@ -115,8 +117,7 @@ def _include_query(spec: IncludeSpec, sources: list[Found], extra: Callable[[str
 
 
 def _revinclude_query(spec: IncludeSpec, targets: list[Found], extra: Callable[[str, Any], Any] | None):
-    ref = sp_reference.alias("rev_ref")
-    r = resource.alias("rev_res")
+    ref, r = _REV_REF, _REV_RES
     by_type: dict[str, list[str]] = {}
     for f in targets:
         if spec.target is None or spec.target == f.res_type:

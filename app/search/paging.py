@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -37,7 +38,9 @@ def query_digest(path: str, params: list[tuple[str, str]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+@lru_cache(maxsize=8)
 def _serializer(secret: str) -> URLSafeSerializer:
+    """One per secret: building it derives the signing key (a few HMACs) on every call."""
     return URLSafeSerializer(secret, salt="search-cursor-v2")
 
 

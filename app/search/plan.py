@@ -14,10 +14,23 @@ Plan shapes (chosen to plan well on SQLite and PostgreSQL):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, false, not_, or_, select, true, union
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    distinct,
+    exists,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    true,
+    union,
+)
 
 from app.search.compile import CONDITIONS
 from app.search.compile.date import range_condition
@@ -40,12 +53,55 @@ from app.storage.tables import INDEX_TABLES, resource, sp_string, sp_token
 COMPOSITE_FIRST_INDEX = 0  # component i rows use param f"{code}${i}", i counted from this
 
 
+class Aliases:
+    """Per-statement alias allocator over a process-wide pool of pre-built aliases.
+
+    Why: ``table.alias()`` rebuilds the alias's column collection (a proxy ``Column`` per column)
+    on every request, which was a large part of building a search statement.  The n-th alias of
+    a table in a statement is always the same object, named ``<table>_<n>`` (what SQLAlchemy
+    calls anonymous aliases too), so statements of one shape also render the same SQL.
+    """
+
+    _pool: dict[tuple[str, int], Any] = {}
+
+    def __init__(self) -> None:
+        self._n: dict[str, int] = {}
+
+    def __call__(self, table: Any) -> Any:
+        i = self._n.get(table.name, 0) + 1
+        self._n[table.name] = i
+        a = self._pool.get((table.name, i))
+        if a is None:  # a race only builds an equivalent alias twice
+            a = self._pool[(table.name, i)] = table.alias(f"{table.name}_{i}")
+        return a
+
+
 @dataclass(frozen=True)
 class Ctx:
     """The resource row a (sub)expression is evaluated against."""
 
     res_type: str
     res: Any  # a `resource` table or alias
+    # Keyset bound of the page being fetched, ``(">", rid)`` or ``("<", rid)``: pushed into every
+    # positive IN-subquery so the index scan starts at the cursor instead of the first row.
+    bound: tuple[str, int] | None = None
+    aliases: Aliases = field(default_factory=Aliases)
+
+    def under(self, res_type: str, res: Any) -> Ctx:
+        """A nested context (another row, no keyset bound), same statement."""
+        return Ctx(res_type, res, None, self.aliases)
+
+
+def _bounded(col: Any, bound: tuple[str, int] | None) -> ColumnElement[bool] | None:
+    if bound is None:
+        return None
+    op, value = bound
+    return col > value if op == ">" else col < value
+
+
+def _with_bound(sel: Select, col: Any, ctx: Ctx) -> Select:
+    cond = _bounded(col, ctx.bound)
+    return sel if cond is None else sel.where(cond)
 
 
 def _table_and_param(node: Match) -> tuple[Any, str]:
@@ -65,7 +121,7 @@ def _row_select(node: Match, ctx: Ctx) -> tuple[Select, Any]:
     if node.param.type == "composite":
         return _composite_select(node, ctx)
     table, pname = _table_and_param(node)
-    t = table.alias()
+    t = ctx.aliases(table)
     cond = CONDITIONS[node.param.type]
     values = or_(*(cond(t, v, node.modifier) for v in node.values))
     sel = select(t.c.rid).where(t.c.res_type == ctx.res_type, t.c.param == pname, values)
@@ -79,7 +135,7 @@ def _composite_select(node: Match, ctx: Ctx) -> tuple[Select, Any]:
     first = None
     for v in node.values:
         assert isinstance(v, CompositeValue)
-        aliases = [INDEX_TABLES[cp.type].alias() for cp, _e in comps]
+        aliases = [ctx.aliases(INDEX_TABLES[cp.type]) for cp, _e in comps]
         a0 = aliases[0]
         if first is None:
             first = a0
@@ -126,14 +182,14 @@ def compile_node(node: Node, ctx: Ctx) -> ColumnElement[bool]:
     if isinstance(node, Not):
         child = node.child
         if isinstance(child, Match) and not getattr(child.param, "column", None):
-            sel, rcol = _row_select(child, ctx)
+            sel, rcol = _row_select(child, ctx.under(ctx.res_type, ctx.res))
             return ~exists(sel.where(rcol == rid))
-        return not_(compile_node(child, ctx))
+        return not_(compile_node(child, ctx.under(ctx.res_type, ctx.res)))
     if isinstance(node, Match):
         if getattr(node.param, "column", None):
             return _column_match(node, ctx)
-        sel, _ = _row_select(node, ctx)
-        return rid.in_(sel)
+        sel, rcol = _row_select(node, ctx)
+        return rid.in_(_with_bound(sel, rcol, ctx))
     if isinstance(node, Missing):
         if getattr(node.param, "column", None):
             return false() if node.missing else true()
@@ -143,16 +199,16 @@ def compile_node(node: Node, ctx: Ctx) -> ColumnElement[bool]:
             first = node.param.components[0][0]
             table = INDEX_TABLES[first.type]
             pname = f"{pname}${COMPOSITE_FIRST_INDEX}"
-        t = table.alias()
+        t = ctx.aliases(table)
         sel = select(t.c.rid).where(t.c.res_type == ctx.res_type, t.c.param == pname)
         if node.missing:
             return ~exists(sel.where(t.c.rid == rid))
-        return rid.in_(sel)
+        return rid.in_(_with_bound(sel, t.c.rid, ctx))
     if isinstance(node, Chain):
         alts = []
         for target_type, inner in node.branches:
-            ref = INDEX_TABLES["reference"].alias()
-            tgt = resource.alias()
+            ref = ctx.aliases(INDEX_TABLES["reference"])
+            tgt = ctx.aliases(resource)
             sel = (
                 select(ref.c.rid)
                 .join(tgt, and_(tgt.c.res_type == ref.c.target_type, tgt.c.res_id == ref.c.target_id))
@@ -161,14 +217,14 @@ def compile_node(node: Node, ctx: Ctx) -> ColumnElement[bool]:
                     ref.c.param == node.param.code,
                     ref.c.target_type == target_type,
                     tgt.c.deleted.is_(False),
-                    compile_node(inner, Ctx(target_type, tgt)),
+                    compile_node(inner, ctx.under(target_type, tgt)),
                 )
             )
-            alts.append(rid.in_(sel))
+            alts.append(rid.in_(_with_bound(sel, ref.c.rid, ctx)))
         return or_(*alts)
     if isinstance(node, Has):
-        ref = INDEX_TABLES["reference"].alias()
-        src = resource.alias()
+        ref = ctx.aliases(INDEX_TABLES["reference"])
+        src = ctx.aliases(resource)
         sel = (
             select(ref.c.target_id)
             .join(src, src.c.rid == ref.c.rid)
@@ -177,21 +233,99 @@ def compile_node(node: Node, ctx: Ctx) -> ColumnElement[bool]:
                 ref.c.param == node.ref_param.code,
                 ref.c.target_type == ctx.res_type,
                 src.c.deleted.is_(False),
-                compile_node(node.node, Ctx(node.res_type, src)),
+                compile_node(node.node, ctx.under(node.res_type, src)),
             )
         )
         return ctx.res.c.res_id.in_(sel)
     raise TypeError(f"unknown node {node!r}")
 
 
-def compile_tree(res_type: str, tree: Node) -> Select:
-    """``SELECT rid, res_id, version FROM resource WHERE res_type AND NOT deleted AND <tree>``."""
+def _rid_only(node: Node) -> bool:
+    """True when the node's SQL refers to the searched resource only through ``rid``."""
+    if isinstance(node, Match):
+        return not getattr(node.param, "column", None)
+    if isinstance(node, Not):
+        return _rid_only(node.child)
+    if isinstance(node, (And, Or)):
+        return all(_rid_only(c) for c in node.children)
+    return isinstance(node, (Missing, Const, Chain))
+
+
+class _RidColumns:
+    """Stands in for the ``resource`` row inside a driver subquery: only ``.c.rid`` exists."""
+
+    def __init__(self, rid: Any) -> None:
+        self.c = type("C", (), {"rid": rid})()
+
+
+def _driver(res_type: str, tree: Node, bound: tuple[str, int] | None, limit: int,
+            aliases: Aliases) -> Select | None:
+    """The page's rids computed on the index tables alone, or None when the tree does not allow it.
+
+    ``SELECT DISTINCT d.rid FROM sp_x d WHERE <clause> [AND d.rid > :after] AND <other clauses on
+    d.rid> ORDER BY d.rid LIMIT :n``: one positive clause drives, the others are semi-/anti-joins
+    on its ``rid``.  With the lookup indexes ending in ``rid`` the driver is read in ``rid`` order
+    and PostgreSQL can stop after ``n`` rows (a code + date range: 3-5 ms instead of ~30 ms for
+    probing every row of the code), or start from a more selective clause if its estimates say so.
+    Exact because index rows exist only for current, non-deleted resources of their ``res_type``
+    (so the outer ``resource`` conditions remove nothing); any clause on the resource row itself
+    (``_id``, ``_lastUpdated``, ``_has``) means no driver.
+    """
+    children = node_children = tree.children if isinstance(tree, And) else (tree,)
+    if not all(_rid_only(c) for c in node_children):
+        return None
+    drv = next((c for c in children if isinstance(c, Match) and c.param.type != "composite"
+                and not getattr(c.param, "column", None)), None)
+    if drv is None:
+        return None
+    ctx = Ctx(res_type, resource, bound, aliases)
+    sel, rcol = _row_select(drv, ctx)
+    sel = _with_bound(sel, rcol, ctx)
+    inner = Ctx(res_type, _RidColumns(rcol), bound, aliases)
+    rest = [compile_node(c, inner) for c in children if c is not drv]
+    if rest:
+        sel = sel.where(*rest)
+    desc = bound is not None and bound[0] == "<"
+    return sel.distinct().order_by(rcol.desc() if desc else rcol.asc()).limit(limit)
+
+
+def page_rids(res_type: str, tree: Node, bound: tuple[str, int] | None, limit: int,
+              aliases: Aliases | None = None) -> Select | None:
+    """The rids of one page in ``rid`` order cut on the index tables (``_driver``), or None."""
+    return _driver(res_type, tree, bound, limit, aliases or Aliases())
+
+
+def compile_tree(res_type: str, tree: Node, bound: tuple[str, int] | None = None,
+                 limit: int | None = None, aliases: Aliases | None = None) -> Select:
+    """``SELECT rid, res_id, version FROM resource WHERE res_type AND NOT deleted AND <tree>``.
+
+    ``bound`` (``(">", rid)`` / ``("<", rid)``): only rows past a keyset cursor in ``rid`` order;
+    it is repeated inside each IN-subquery (see ``Ctx.bound``), which is what makes page 100 cost
+    what page 1 does when the order is ``rid``.
+    ``limit``: the caller takes at most this many rows in ``rid`` order (ascending, descending
+    for a ``<`` bound) and adds no condition of its own: the page may be cut on the index
+    tables first (``_driver``).
+    """
     r = resource
-    return select(r.c.rid, r.c.res_id, r.c.version).where(
-        r.c.res_type == res_type,
-        r.c.deleted.is_(False),
-        compile_node(tree, Ctx(res_type, r)),
-    )
+    aliases = aliases or Aliases()
+    ctx = Ctx(res_type, r, bound, aliases)
+    drv = _driver(res_type, tree, bound, limit, aliases) if limit is not None else None
+    cond = compile_node(tree, ctx) if drv is None else r.c.rid.in_(drv)
+    sel = select(r.c.rid, r.c.res_id, r.c.version).where(r.c.res_type == res_type, r.c.deleted.is_(False), cond)
+    return _with_bound(sel, r.c.rid, ctx)
+
+
+def count_query(res_type: str, tree: Node) -> Select | None:
+    """``count(DISTINCT rid)`` straight from the index table for a one-clause search, else None.
+
+    Why it is exact: index rows exist only for current, non-deleted resources (a delete removes
+    them, an update replaces them) and carry the resource type, so the semi-join to ``resource``
+    adds nothing to the count; without it the count is an index-only scan.
+    """
+    if not isinstance(tree, Match) or getattr(tree.param, "column", None):
+        return None
+    sel, rcol = _row_select(tree, Ctx(res_type, resource))
+    return sel.with_only_columns(func.count(distinct(rcol)))
 
 
 def compile_search(request: Any, registry: Any = None) -> Select:

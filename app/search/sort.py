@@ -92,13 +92,16 @@ def _param(registry: Any, res_type: str, code: str) -> Any:
     return p
 
 
-def sort_expression(key: SortKey, res_type: str, res: Any, registry: Any) -> ColumnElement:
-    """The sort value of ``res`` (a ``resource`` table or alias) for one key."""
+def sort_expression(key: SortKey, res_type: str, res: Any, registry: Any, aliases: Any = None) -> ColumnElement:
+    """The sort value of ``res`` (a ``resource`` table or alias) for one key.
+
+    ``aliases``: the statement's alias allocator (app.search.plan.Aliases), if any.
+    """
     p = _param(registry, res_type, key.code)
     col = getattr(p, "column", None)
     if col:
         return res.c[col]
-    table = INDEX_TABLES[p.type].alias()
+    table = aliases(INDEX_TABLES[p.type]) if aliases is not None else INDEX_TABLES[p.type].alias()
     asc_col, desc_col = _SORT_COLUMNS[p.type]
     value = table.c[desc_col] if key.desc else table.c[asc_col]
     agg = func.max(value) if key.desc else func.min(value)

@@ -88,7 +88,8 @@ ref_link = Table(
 )
 
 
-def _sp(name: str, *cols: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
+def _sp(name: str, *cols: Column, indexes: tuple[tuple[str, ...], ...],
+        rid_index: tuple[str, ...] = ("rid",)) -> Table:
     t = Table(
         name,
         metadata,
@@ -98,7 +99,7 @@ def _sp(name: str, *cols: Column, indexes: tuple[tuple[str, ...], ...]) -> Table
         *cols,
         Column("grp", SmallInteger, nullable=True),
     )
-    Index(f"ix_{name}_rid", t.c.rid)
+    Index(f"ix_{name}_rid", *(t.c[c] for c in rid_index))
     for i, cols_ in enumerate(indexes):
         Index(f"ix_{name}_{i}", *(t.c[c] for c in cols_))
     return t
@@ -108,21 +109,24 @@ sp_token = _sp(
     "sp_token",
     Column("system", String(255), nullable=True),
     Column("code", String(255), nullable=True),
-    indexes=(("res_type", "param", "code", "system"), ("res_type", "param", "system")),
+    indexes=(("res_type", "param", "code", "system", "rid"), ("res_type", "param", "system", "code", "rid")),
 )
 
 sp_string = _sp(
     "sp_string",
     Column("value_norm", _c_string(255), nullable=False),  # lower-case, accents stripped
     Column("value", Text, nullable=False),  # as written, for :exact
-    indexes=(("res_type", "param", "value_norm"),),
+    indexes=(("res_type", "param", "value_norm", "rid"),),
 )
 
 sp_date = _sp(
     "sp_date",
     Column("low", DateTime(timezone=False), nullable=False),  # naive UTC, inclusive
     Column("high", DateTime(timezone=False), nullable=False),  # naive UTC, inclusive
-    indexes=(("res_type", "param", "low"), ("res_type", "param", "high")),
+    indexes=(("res_type", "param", "low", "high", "rid"), ("res_type", "param", "high", "low", "rid")),
+    # Covering: date clauses probed per candidate row and date sort keys (min(low)/max(high) of
+    # one resource) are index-only lookups.
+    rid_index=("rid", "res_type", "param", "low", "high"),
 )
 
 sp_quantity = _sp(
@@ -133,13 +137,13 @@ sp_quantity = _sp(
     Column("unit", String(64), nullable=True),
     Column("canon_value", Float, nullable=True),  # value in canonical UCUM units
     Column("canon_code", String(64), nullable=True),
-    indexes=(("res_type", "param", "code", "value"), ("res_type", "param", "canon_code", "canon_value")),
+    indexes=(("res_type", "param", "code", "value", "rid"), ("res_type", "param", "canon_code", "canon_value", "rid")),
 )
 
 sp_number = _sp(
     "sp_number",
     Column("value", Float, nullable=False),
-    indexes=(("res_type", "param", "value"),),
+    indexes=(("res_type", "param", "value", "rid"),),
 )
 
 sp_reference = _sp(
@@ -147,13 +151,13 @@ sp_reference = _sp(
     Column("target_type", String(64), nullable=True),
     Column("target_id", String(64), nullable=True),
     Column("url", String(1024), nullable=True),  # absolute/external/canonical references
-    indexes=(("res_type", "param", "target_id", "target_type"), ("target_type", "target_id")),
+    indexes=(("res_type", "param", "target_id", "target_type", "rid"), ("target_type", "target_id")),
 )
 
 sp_uri = _sp(
     "sp_uri",
     Column("value", _c_string(1024), nullable=False),
-    indexes=(("res_type", "param", "value"),),
+    indexes=(("res_type", "param", "value", "rid"),),
 )
 
 INDEX_TABLES: dict[str, Table] = {
@@ -165,3 +169,7 @@ INDEX_TABLES: dict[str, Table] = {
     "reference": sp_reference,
     "uri": sp_uri,
 }
+
+# Tables other packages declare on this metadata (so Alembic and the schema tests see them all).
+from app.auth import tables as _auth_tables  # noqa: E402,F401,I001
+from app.bulk import tables as _bulk_tables  # noqa: E402,F401

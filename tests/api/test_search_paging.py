@@ -216,3 +216,120 @@ def test_count_over_maximum_is_capped_with_warning(http, base, app, run):
     outcomes = [e for e in r.json()["entry"] if e["search"]["mode"] == "outcome"]
     assert outcomes and outcomes[0]["resource"]["issue"][0]["severity"] == "warning"
     assert_outcome(http.get(f"{base}/Patient", params={"_count": "abc"}), 400, "invalid")
+
+
+# --- default order (rid): the cursor's rid bound is pushed into every index subquery ---------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # one token clause (_tag)
+        {"family:missing": "false"},  # + a positive :missing clause
+        {"birthdate": "ge1970-01-01"},  # + a date clause with its implied bound
+        {"family": "baker,adams,fox,green"},  # + OR-ed string values in one subquery
+        {"family:not": "baker"},  # + a negation (anti-join, no bound inside)
+    ],
+)
+@pytest.mark.parametrize("count", ["1", "2", "5"])
+def test_default_order_pages_equal_one_page(http, base, run, extra, count):
+    params = {"_tag": f"{TAG}|{run['run']}", "_count": "100", **extra}
+    one_page = _ids(all_pages(http, f"{base}/Patient", params))
+    assert one_page, "the filter should match something"
+    paged = _ids(all_pages(http, f"{base}/Patient", {**params, "_count": count}))
+    assert paged == one_page
+    # the default order is insertion order
+    assert one_page == [i for i in run["ids"] if i in set(one_page)]
+
+
+def test_default_order_previous_links_and_totals(http, base, run):
+    params = {"_tag": f"{TAG}|{run['run']}", "_count": "3", "_total": "accurate"}
+    r = http.get(f"{base}/Patient", params=params).json()
+    pages = [_ids(r["entry"])]
+    while nxt := [link["url"] for link in r["link"] if link["relation"] == "next"]:
+        r = http.get(nxt[0]).json()
+        # the total counts every match, not only those past the cursor
+        assert r["total"] == len(ROWS)
+        pages.append(_ids(r["entry"]))
+    assert [i for p in pages for i in p] == run["ids"]
+    back = []
+    while prev := [link["url"] for link in r["link"] if link["relation"] == "previous"]:
+        r = http.get(prev[0]).json()
+        assert r["total"] == len(ROWS)
+        back.append(_ids(r["entry"]))
+    assert back == list(reversed(pages[:-1]))
+
+
+def test_default_order_page_n_unchanged_by_inserts_and_deletes(http, base):
+    run = uid()
+    ids = [create(http, base, _patient(run, i, f"P{i}", None))["id"] for i in range(7)]
+    params = {"_tag": f"{TAG}|{run}", "_count": "2"}
+    r = http.get(f"{base}/Patient", params=params).json()
+    nxt = [link["url"] for link in r["link"] if link["relation"] == "next"][0]
+    page2 = _ids(http.get(nxt).json()["entry"])
+    assert page2 == ids[2:4]
+    # newcomers sort after every existing row; a deleted row before the cursor changes nothing
+    create(http, base, _patient(run, 99, "New", None))
+    assert http.delete(f"{base}/Patient/{ids[0]}").status_code in (200, 204)
+    again = http.get(nxt).json()
+    assert _ids(again["entry"]) == page2
+    rest = _ids(all_pages(http, nxt))
+    assert rest[:2] == page2 and len(rest) == 6 and ids[0] not in rest
+
+
+# --- polling: _lastUpdated lower bound without _sort orders by (lastUpdated, rid) -----------------
+
+
+def test_last_updated_polling_order_paging_and_links(http, base):
+    run = uid()
+    made = [create(http, base, _patient(run, i, f"Q{i}", None)) for i in range(5)]
+    since = made[0]["meta"]["lastUpdated"]
+    ids = [m["id"] for m in made]
+    # an update moves the first one to the end of the change order
+    body = {**made[0], "gender": "female"}
+    r = http.put(f"{base}/Patient/{ids[0]}", json=body, headers=headers())
+    assert r.status_code == 200, r.text[:500]
+    params = {"_tag": f"{TAG}|{run}", "_lastUpdated": f"ge{since}", "_count": "100"}
+    one = http.get(f"{base}/Patient", params=params).json()
+    assert _ids(one["entry"]) == ids[1:] + ids[:1]
+    self_q = parse_qs(urlsplit(one["link"][0]["url"]).query)
+    assert "_sort" not in self_q  # the order is implied, not shown
+    pages = []
+    r = http.get(f"{base}/Patient", params={**params, "_count": "2"}).json()
+    pages.append(_ids(r["entry"]))
+    while nxt := [link["url"] for link in r["link"] if link["relation"] == "next"]:
+        r = http.get(nxt[0]).json()
+        pages.append(_ids(r["entry"]))
+    assert [i for p in pages for i in p] == ids[1:] + ids[:1]
+    back = []
+    while prev := [link["url"] for link in r["link"] if link["relation"] == "previous"]:
+        r = http.get(prev[0]).json()
+        back.append(_ids(r["entry"]))
+    assert back == list(reversed(pages[:-1]))
+    # upper bounds only: insertion order as usual
+    le = _ids(all_pages(http, f"{base}/Patient", {"_tag": f"{TAG}|{run}", "_lastUpdated": "le2999-01-01"}))
+    assert le == ids
+
+
+def test_default_order_page_cut_counts_resources_not_index_rows(http, base):
+    """Several index rows of one resource match the driving clause: each resource still counts once."""
+    run = uid()
+    system = f"urn:test:dup:{run}"
+    ids = []
+    for i in range(5):
+        body = _patient(run, i, f"D{i}", None)
+        body["identifier"] += [{"system": system, "value": f"a{i}"}, {"system": system, "value": f"b{i}"}]
+        ids.append(create(http, base, body)["id"])
+    for count in ("1", "2", "4", "5", "6"):
+        pages = []
+        r = http.get(f"{base}/Patient", params={"identifier": f"{system}|", "_count": count}).json()
+        pages.append(_ids(r["entry"]))
+        while nxt := [link["url"] for link in r["link"] if link["relation"] == "next"]:
+            r = http.get(nxt[0]).json()
+            pages.append(_ids(r["entry"]))
+        assert [i for p in pages for i in p] == ids, count
+        assert all(len(p) == int(count) for p in pages[:-1]), count
+    # with _id (a column clause) the page is cut on the resource rows as before
+    got = _ids(all_pages(http, f"{base}/Patient", {"identifier": f"{system}|", "_id": ",".join(ids[1:4]),
+                                                    "_count": "1"}))
+    assert got == ids[1:4]

@@ -229,3 +229,25 @@ def test_explain_only_with_the_switch(http, base, app, data):
     issues = [i for e in b["entry"] if e["search"]["mode"] == "outcome" for i in e["resource"]["issue"]]
     assert issues and issues[0]["severity"] == "information"
     assert "SELECT" in issues[0]["diagnostics"] and data["obs"][0] in issues[0]["diagnostics"]
+
+
+def test_summary_count_and_accurate_total_skip_deleted_and_changed(http, base):
+    """One-clause counts are taken from the index table alone: deletes and updates must show."""
+    run = uid()
+    code = {"coding": [{"system": "urn:count", "code": run}]}
+    ids = [create(http, base, observation(code=code))["id"] for _ in range(4)]
+    assert http.delete(f"{base}/Observation/{ids[0]}").status_code in (200, 204)
+    moved = observation(code={"coding": [{"system": "urn:count", "code": run + "-other"}]})
+    moved["id"] = ids[1]
+    r = http.put(f"{base}/Observation/{ids[1]}", json=moved, headers=headers())
+    assert r.status_code == 200, r.text[:500]
+    # two codings of the same resource count once
+    both = observation(code={"coding": [{"system": "urn:count", "code": run},
+                                        {"system": "urn:count2", "code": run}]})
+    ids.append(create(http, base, both)["id"])
+    assert _get(http, f"{base}/Observation", code=f"urn:count|{run}", _summary="count")["total"] == 3
+    assert _get(http, f"{base}/Observation", code=run, _summary="count")["total"] == 3
+    b = _get(http, f"{base}/Observation", code=run, _total="accurate", _count="1")
+    assert b["total"] == 3
+    nxt = [link["url"] for link in b["link"] if link["relation"] == "next"][0]
+    assert http.get(nxt).json()["total"] == 3

@@ -12,6 +12,7 @@ Rules (http://hl7.org/fhir/R4/search.html#prefix):
   ap  ranges overlap once the query is widened by 10% of the distance between the query and
       now, and by at least one day on each side.
 ``_lastUpdated`` is a point in time: the same rules with low = high = the column.
+``ge``/``le`` also carry the bound they imply (``high >= ql`` / ``low <= qh``), for the index.
 """
 
 from __future__ import annotations
@@ -50,10 +51,13 @@ def range_condition(low: Any, high: Any, v: DateValue) -> ColumnElement[bool]:
         return high > qh
     if p == "lt":
         return low < ql
+    # ge/le: both alternatives imply a plain bound (``high >= ql`` for ge, since low <= high and
+    # an eq row has low >= ql; ``low <= qh`` for le); it is ANDed so an index range scan can
+    # start there instead of reading every row of the parameter (the OR alone is not sargable).
     if p == "ge":
-        return or_(high > qh, eq)
+        return and_(high >= ql, or_(high > qh, eq))
     if p == "le":
-        return or_(low < ql, eq)
+        return and_(low <= qh, or_(low < ql, eq))
     if p == "sa":
         return low > qh
     if p == "eb":

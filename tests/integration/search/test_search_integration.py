@@ -205,6 +205,19 @@ CASES = [
     (OBS, [("date", "sa2020-07-01")], {"o3"}),
     (OBS, [("date", "ap2020-07-01T10:00:00Z")], {"o1", "o2"}),
     (OBS, [("date", "ge2020"), ("date", "lt2024")], {"o1", "o2", "o3"}),
+    # ge/le carry an implied, index-usable bound (ge: high >= start, le: low <= end); edges:
+    (OBS, [("date", "ge2020-12-31")], {"o3"}),  # o2 ends exactly at the query's end: neither gt nor eq
+    (OBS, [("date", "ge2020-07-01")], {"o1", "o2", "o3"}),
+    (OBS, [("date", "ge2021")], {"o3"}),
+    (OBS, [("date", "le2020-01-01")], set()),  # o2 starts exactly at the query's start
+    (OBS, [("date", "le2020-07-01")], {"o1", "o2"}),
+    (OBS, [("date", "le2019")], set()),
+    (OBS, [("date", "ge2020-07-01T10:00:00Z")], {"o1", "o2", "o3"}),  # a point on the bound
+    (OBS, [("date", "le2020-07-01T10:00:00Z")], {"o1", "o2"}),
+    (P, [("birthdate", "ge1980-12-31")], set()),  # p2's year ends on the bound
+    (P, [("birthdate", "le1980-01-01")], set()),
+    (P, [("_lastUpdated", "ge2024-06-01T00:00:00Z")], {"p2", "p3"}),
+    (P, [("_lastUpdated", "le2024-01-01T12:00:00Z"), ("_lastUpdated", "ge2024-01-01T12:00:00Z")], {"p1"}),
     (P, [("_lastUpdated", "gt2024-03-01")], {"p2", "p3"}),
     (P, [("_lastUpdated", "2024-01-01")], {"p1"}),
     (P, [("_lastUpdated", "lt2024-01-01T12:00:00Z")], set()),

@@ -12,7 +12,7 @@ from datetime import datetime
 from search_fakes import REGISTRY
 from sqlalchemy.dialects import postgresql
 
-from app.search import compile_search, parse
+from app.search import compile_search, compile_tree, parse
 from app.search.compile.date import ap_widen
 from app.search.expr import DateValue
 
@@ -98,9 +98,11 @@ def test_date_ge_and_id():
     assert text == HEAD + (
         "resource.rid IN (SELECT sp_date_1.rid FROM sp_date AS sp_date_1 "
         "WHERE sp_date_1.res_type = %(res_type_2)s AND sp_date_1.param = %(param_1)s "
-        "AND (sp_date_1.high > %(high_1)s OR sp_date_1.low >= %(low_1)s "
-        "AND sp_date_1.high <= %(high_2)s)) AND resource.res_id IN (__[POSTCOMPILE_res_id_1])")
+        "AND sp_date_1.high >= %(high_1)s AND (sp_date_1.high > %(high_2)s OR sp_date_1.low >= %(low_1)s "
+        "AND sp_date_1.high <= %(high_3)s)) AND resource.res_id IN (__[POSTCOMPILE_res_id_1])")
     assert params["res_id_1"] == ["a", "b"]
+    # the implied bound: every ge match ends at or after the start of the query range
+    assert params["high_1"] == params["low_1"] == datetime(2020, 1, 1)
 
 
 def test_ap_rule():
@@ -114,3 +116,108 @@ def test_ap_rule():
     v = DateValue("ap", datetime(2029, 12, 31, 12), datetime(2029, 12, 31, 12))
     lo, hi = ap_widen(v, now)
     assert (lo, hi) == (datetime(2029, 12, 30, 12), datetime(2030, 1, 1, 12))
+
+
+def test_date_le_carries_implied_low_bound():
+    text, params = sql("Patient", [("birthdate", "le2020")])
+    assert text == HEAD + (
+        "resource.rid IN (SELECT sp_date_1.rid FROM sp_date AS sp_date_1 "
+        "WHERE sp_date_1.res_type = %(res_type_2)s AND sp_date_1.param = %(param_1)s "
+        "AND sp_date_1.low <= %(low_1)s AND (sp_date_1.low < %(low_2)s OR sp_date_1.low >= %(low_3)s "
+        "AND sp_date_1.high <= %(high_1)s))")
+    assert params["low_1"] == params["high_1"] == datetime(2020, 12, 31, 23, 59, 59, 999999)
+
+
+def bounded_sql(res_type, params, bound):
+    stmt = compile_tree(res_type, parse(res_type, params, REGISTRY, strict=True).tree(), bound)
+    compiled = stmt.compile(dialect=postgresql.dialect())
+    text = re.sub(r"::(VARCHAR|TIMESTAMP WITHOUT TIME ZONE|FLOAT|INTEGER|BIGINT)", "", str(compiled))
+    return " ".join(text.split()), compiled.params
+
+
+def test_keyset_bound_is_pushed_into_each_subquery():
+    text, params = bounded_sql("Patient", [("identifier", "s|1,s|2"), ("gender", "male")], (">", 500))
+    assert text == HEAD + (
+        "resource.rid IN (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
+        "WHERE sp_token_1.res_type = %(res_type_2)s AND sp_token_1.param = %(param_1)s "
+        "AND (sp_token_1.system = %(system_1)s AND sp_token_1.code = %(code_1)s "
+        "OR sp_token_1.system = %(system_2)s AND sp_token_1.code = %(code_2)s) "
+        "AND sp_token_1.rid > %(rid_1)s) "
+        "AND resource.rid IN (SELECT sp_token_2.rid FROM sp_token AS sp_token_2 "
+        "WHERE sp_token_2.res_type = %(res_type_3)s AND sp_token_2.param = %(param_2)s "
+        "AND sp_token_2.code = %(code_3)s AND sp_token_2.rid > %(rid_2)s) "
+        "AND resource.rid > %(rid_3)s")
+    assert params["rid_1"] == params["rid_2"] == params["rid_3"] == 500
+
+
+def test_previous_bound_and_negation_and_chain():
+    text, params = bounded_sql(
+        "Observation", [("subject:Patient.name", "x"), ("code:not", "c")], ("<", 7))
+    # the chain's referring rows are bounded; the target's own subquery and the anti-join are not
+    assert text.count("rid < ") == 2
+    assert "sp_reference_1.rid < %(rid_1)s" in text and text.endswith("AND resource.rid < %(rid_2)s")
+    assert "sp_string_1.rid <" not in text and "sp_token_1.rid <" not in text
+    assert params["rid_1"] == params["rid_2"] == 7
+
+
+def test_missing_false_is_bounded():
+    text, _ = bounded_sql("Patient", [("gender:missing", "false")], (">", 1))
+    assert text == HEAD + (
+        "resource.rid IN (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
+        "WHERE sp_token_1.res_type = %(res_type_2)s AND sp_token_1.param = %(param_1)s "
+        "AND sp_token_1.rid > %(rid_1)s) AND resource.rid > %(rid_2)s")
+
+
+def test_one_clause_count_reads_the_index_table_alone():
+    from app.search.plan import count_query
+
+    tree = parse("Patient", [("identifier", "s|1")], REGISTRY, strict=True).tree()
+    text = " ".join(str(count_query("Patient", tree).compile(dialect=postgresql.dialect())).split())
+    text = re.sub(r"::VARCHAR", "", text)
+    assert text == (
+        "SELECT count(DISTINCT sp_token_1.rid) AS count_1 FROM sp_token AS sp_token_1 "
+        "WHERE sp_token_1.res_type = %(res_type_1)s AND sp_token_1.param = %(param_1)s "
+        "AND sp_token_1.system = %(system_1)s AND sp_token_1.code = %(code_1)s")
+    # several clauses, negations, chains, column parameters: the usual count over the matches
+    for params in ([("identifier", "s|1"), ("gender", "male")], [("gender:not", "male")],
+                   [("general-practitioner:Practitioner.name", "x")], [("_id", "a")],
+                   [("gender:missing", "true")]):
+        tree = parse("Patient", params, REGISTRY, strict=True).tree()
+        assert count_query("Patient", tree) is None, params
+
+
+def limited_sql(res_type, params, bound=None, limit=51):
+    stmt = compile_tree(res_type, parse(res_type, params, REGISTRY, strict=True).tree(), bound, limit)
+    compiled = stmt.compile(dialect=postgresql.dialect())
+    text = re.sub(r"::(VARCHAR|TIMESTAMP WITHOUT TIME ZONE|FLOAT|INTEGER|BIGINT)", "", str(compiled))
+    return " ".join(text.split()), compiled.params
+
+
+def test_rid_order_page_is_cut_on_the_driving_index_table():
+    text, params = limited_sql("Patient", [("identifier", "s|1"), ("birthdate", "lt2000")], (">", 9))
+    assert text == HEAD + (
+        "resource.rid IN (SELECT DISTINCT sp_token_1.rid FROM sp_token AS sp_token_1 "
+        "WHERE sp_token_1.res_type = %(res_type_2)s AND sp_token_1.param = %(param_1)s "
+        "AND sp_token_1.system = %(system_1)s AND sp_token_1.code = %(code_1)s "
+        "AND sp_token_1.rid > %(rid_1)s "
+        "AND sp_token_1.rid IN (SELECT sp_date_1.rid FROM sp_date AS sp_date_1 "
+        "WHERE sp_date_1.res_type = %(res_type_3)s AND sp_date_1.param = %(param_2)s "
+        "AND sp_date_1.low < %(low_1)s AND sp_date_1.rid > %(rid_2)s) "
+        "ORDER BY sp_token_1.rid ASC LIMIT %(param_3)s) AND resource.rid > %(rid_3)s")
+    assert params["param_3"] == 51
+
+
+def test_previous_page_driver_runs_backwards():
+    text, _ = limited_sql("Patient", [("gender", "male")], ("<", 9), 4)
+    assert "AND sp_token_1.rid < %(rid_1)s ORDER BY sp_token_1.rid DESC LIMIT %(param_2)s)" in text
+
+
+def test_no_driver_with_resource_row_clauses():
+    # _id, _lastUpdated and _has are on the resource row: the page is cut there, as before
+    for params in ([("gender", "male"), ("_id", "a")], [("_has:Observation:subject:code", "1")],
+                   [("gender:not", "male")], [("gender:missing", "true")]):
+        text, _ = limited_sql("Patient", params)
+        assert "LIMIT" not in text and "DISTINCT" not in text, params
+    text, _ = limited_sql("Patient", [("gender:not", "male"), ("identifier", "s|")])
+    assert "NOT (EXISTS (SELECT sp_token_2.rid FROM sp_token AS sp_token_2 " in text
+    assert "AND sp_token_2.rid = sp_token_1.rid))" in text  # the anti-join probes the driver's rid
