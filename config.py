@@ -50,6 +50,9 @@ class Config:
     SQL_ECHO: bool = False
     # Let searches show their SQL (``_explain=true`` or ``X-Debug-SQL``); never on in production.
     SEARCH_DEBUG_SQL: bool = False
+    # Every FHIR request needs a SMART access token (metadata and .well-known stay open).
+    # False is an explicit open demo (``results-repo run --open``), refused in production.
+    AUTH_REQUIRED: bool = True
 
 
 class DevelopmentConfig(Config):
@@ -62,11 +65,14 @@ class TestingConfig(Config):
 
 
 class ProductionConfig(Config):
-    pass
+    # Production runs `results-repo worker` processes for bulk export (app/bulk/worker.py).
+    BULK_INPROCESS_WORKER = False
 
 
 _ENV_KEYS = {
     "SECRET_KEY": str,
+    "SIGNING_KEY_PEM": str,  # SMART: RSA private key (PEM) signing id_tokens; or
+    "SIGNING_KEY_FILE": str,  # ... a path to it (required in production)
     "DATABASE_URL": str,
     "PUBLIC_BASE_URL": str,
     "MAX_CONTENT_LENGTH": int,
@@ -76,7 +82,15 @@ _ENV_KEYS = {
     "MAX_PAGE_SIZE": int,
     "SQL_ECHO": lambda v: v.lower() in ("1", "true", "yes", "on"),
     "SEARCH_DEBUG_SQL": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "AUTH_REQUIRED": lambda v: v.lower() not in ("0", "false", "no", "off"),
     "ENABLED_RESOURCE_TYPES": lambda v: [t.strip() for t in v.split(",") if t.strip()],
+    # Bulk export (defaults in app/bulk/settings.py)
+    "BULK_EXPORT_DIR": str,
+    "BULK_FILE_MAX_BYTES": int,
+    "BULK_RETRY_AFTER": int,
+    "BULK_MAX_JOBS_PER_CLIENT": int,
+    "BULK_FILE_TTL": int,
+    "BULK_INPROCESS_WORKER": lambda v: v.lower() in ("1", "true", "yes", "on"),
 }
 
 

@@ -61,10 +61,19 @@ def create_app(config: dict | None = None) -> Flask:
         tz=ZoneInfo(app.config["SERVER_TIMEZONE"]),
     )
 
+    from app.auth.protect import check_startup
+
+    check_startup(app, env)
+
     from app.api import errors, fhir
 
     errors.register(app)
     fhir.register(app)
+
+    # SMART authorization server: /auth/*, discovery documents, JWKS
+    from app.auth.views import init_app as init_auth
+
+    init_auth(app)
 
     @app.get("/")
     def _root():

@@ -9,6 +9,9 @@ from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 from werkzeug.serving import run_simple
 
+from app.auth.cli import clients as auth_clients
+from app.auth.cli import demo_token
+from app.auth.cli import users as auth_users
 from app.loader.cli import demo, load
 
 
@@ -61,8 +64,15 @@ def _safe_url(url: str) -> str:
     help="Load the demo data set first (4 Synthea patients and the UK Core examples; "
     "loading twice changes nothing).",
 )
+@click.option(
+    "--open",
+    "open_api",
+    is_flag=True,
+    help="An OPEN demo: FHIR requests need no access token (AUTH_REQUIRED=false). Refused when "
+    "RESULTS_REPO_ENV=production; never with real patient data.",
+)
 @with_appcontext
-def run(host: str, port: int, debug: bool, demo: bool) -> None:
+def run(host: str, port: int, debug: bool, demo: bool, open_api: bool) -> None:
     """Create/migrate the database if needed and serve the FHIR API (development server).
 
     In production run ``gunicorn wsgi:app`` instead, after ``results-repo db upgrade``.
@@ -71,6 +81,16 @@ def run(host: str, port: int, debug: bool, demo: bool) -> None:
     from app.loader.demo import demo_instructions, load_demo
 
     app = current_app._get_current_object()
+    if open_api:
+        import os
+
+        from app.auth.protect import OPEN_WARNING
+
+        if os.environ.get("RESULTS_REPO_ENV", "development").lower() == "production":
+            raise click.ClickException("--open (no access tokens) is refused when RESULTS_REPO_ENV=production.")
+        app.config["AUTH_REQUIRED"] = False
+    if not app.config.get("AUTH_REQUIRED", True):
+        click.secho(OPEN_WARNING, fg="red", bold=True, err=True)
     upgrade(app.config["DATABASE_URL"])
     base = app.config.get("PUBLIC_BASE_URL") or f"http://{host}:{port}/fhir"
     if demo:
@@ -81,6 +101,9 @@ def run(host: str, port: int, debug: bool, demo: bool) -> None:
             f"{len(summary.failed)} refused (UK Core examples whose references are not in the set)."
         )
         click.echo(demo_instructions(base, serving=True))
+        from app.auth.demo import access_instructions, setup_demo_access
+
+        click.echo(access_instructions(base, setup_demo_access(app)))
     else:
         click.echo(f"Try: curl -s {base}/metadata | head -c 300")
     click.echo(f"\nServing {base}   (database: {_safe_url(app.config['DATABASE_URL'])}); Ctrl+C stops.")
@@ -90,6 +113,19 @@ def run(host: str, port: int, debug: bool, demo: bool) -> None:
 
 main.add_command(load)
 main.add_command(demo)
+main.add_command(auth_clients)
+main.add_command(auth_users)
+main.add_command(demo_token)
+
+
+@main.command("worker")
+@click.option("--once", is_flag=True, help="Run the queued export jobs, then exit.")
+@with_appcontext
+def worker(once: bool) -> None:
+    """Run a Bulk Data $export worker (start several for more throughput; they never share a job)."""
+    from app.bulk.cli import run_worker
+
+    run_worker(current_app._get_current_object(), once)
 
 
 if __name__ == "__main__":

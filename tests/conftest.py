@@ -54,8 +54,11 @@ def database_url(request, tmp_path_factory) -> Iterator[str]:
 def app(database_url):
     from app import create_app
 
+    # AUTH_REQUIRED=False: these fixtures test the REST/search behaviour itself, without tokens.
+    # Authorisation is tested with the token-protected fixtures below (``auth_app``/``auth_server``).
     application = create_app(
-        {"DATABASE_URL": database_url, "TESTING": True, "SECRET_KEY": "test-secret", "MAX_BUNDLE_ENTRIES": 200}
+        {"DATABASE_URL": database_url, "TESTING": True, "SECRET_KEY": "test-secret", "MAX_BUNDLE_ENTRIES": 200,
+         "AUTH_REQUIRED": False}
     )
     yield application
     application.extensions["results_repo"].engine.dispose()
@@ -93,3 +96,42 @@ def http():
     s.headers["Accept"] = "application/fhir+json"
     yield s
     s.close()
+
+
+@pytest.fixture(scope="module")
+def auth_app(database_url):
+    """The app as deployed: every FHIR request needs an access token (AUTH_REQUIRED=True)."""
+    from app import create_app
+
+    application = create_app(
+        {"DATABASE_URL": database_url, "TESTING": True, "SECRET_KEY": "test-secret", "MAX_BUNDLE_ENTRIES": 200,
+         "AUTH_REQUIRED": True}
+    )
+    yield application
+    application.extensions["results_repo"].engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def auth_server(auth_app) -> Iterator[LiveServer]:
+    """The token-protected app on a real socket."""
+    srv = LiveServer(auth_app)
+    auth_app.config["PUBLIC_BASE_URL"] = srv.base
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def issue_token(auth_app):
+    """``issue_token(scope, patient=None, fhir_user=None, client_id="test-app", lifetime_s=3600)``
+    -> a real access token from the token store (app.auth.tokens.issue_access_token)."""
+    from app.auth.tokens import issue_access_token
+
+    engine = auth_app.extensions["results_repo"].engine
+
+    def issue(scope: str, *, patient: str | None = None, fhir_user: str | None = None,
+              client_id: str = "test-app", lifetime_s: int = 3600) -> str:
+        raw, _grant = issue_access_token(engine, client_id=client_id, scope=scope, patient=patient,
+                                         fhir_user=fhir_user, lifetime_s=lifetime_s)
+        return raw
+
+    return issue

@@ -7,12 +7,14 @@ import re
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 
+from app.api.bulk import register_bulk_routes
 from app.api.negotiation import (
     check_accept,
     fhir_response,
     prefer_handling,
     require_json_body,
 )
+from app.auth import protect
 from app.fhir.errors import FhirError
 from app.fhir.jsonutil import MAX_JSON_DEPTH, loads_body, too_deep
 from app.interactions import bundle as bundle_ix
@@ -28,11 +30,18 @@ bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 
 def ctx() -> FhirContext:
     base = current_app.config.get("PUBLIC_BASE_URL") or (request.host_url.rstrip("/") + "/fhir")
-    return from_app(current_app, base)
+    return protect.apply(from_app(current_app, base))
+
+
+# Bearer token -> Permission (401 without a valid token unless AUTH_REQUIRED is off); first,
+# so an unauthenticated caller learns nothing else about the request.
+bp.before_request(protect.check_bearer)
 
 
 @bp.before_request
 def _negotiate() -> None:
+    if request.endpoint == "fhir.bulk_file":  # NDJSON downloads (Accept: application/fhir+ndjson)
+        return
     check_accept(request)
 
 
@@ -225,6 +234,9 @@ def instance_history(res_type: str, res_id: str) -> Response:
 @bp.get("/<res_type>/<res_id>/_history/<version>")
 def vread(res_type: str, res_id: str, version: str) -> Response:
     return fhir_response(read_ix.vread(ctx(), res_type, res_id, version))
+
+
+register_bulk_routes(bp)  # $export, $export-status, $export-file (app/api/bulk.py)
 
 
 def register(app: Flask) -> None:

@@ -11,6 +11,11 @@ INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance"
 # system level as well, where _type selects the types.
 COMMON = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
 PATIENT_COMPARTMENT = "http://hl7.org/fhir/CompartmentDefinition/patient"
+BULK = "http://hl7.org/fhir/uv/bulkdata"
+BULK_OPERATIONS = {
+    "Patient": {"name": "export", "definition": f"{BULK}/OperationDefinition/patient-export"},
+    "Group": {"name": "export", "definition": f"{BULK}/OperationDefinition/group-export"},
+}
 
 
 def _includes(registry, enabled: frozenset[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -29,6 +34,12 @@ def _includes(registry, enabled: frozenset[str]) -> tuple[dict[str, list[str]], 
             for target in targets:
                 rev[target].append(f"{t}:{code}")
     return inc, rev
+
+
+def _smart_security(base_url: str) -> dict:
+    from app.auth.discovery import capability_security  # SMART oauth-uris extension (issue 4)
+
+    return capability_security(base_url)
 
 
 def capability_statement(ctx: FhirContext, config) -> dict:
@@ -61,6 +72,8 @@ def capability_statement(ctx: FhirContext, config) -> dict:
             "searchRevInclude": sorted(set(rev.get(t, []))),
             "searchParam": params,
         }
+        if t in BULK_OPERATIONS:  # Bulk Data $export (app/bulk)
+            res["operation"] = [BULK_OPERATIONS[t]]
         resources.append(res)
     return {
         "resourceType": "CapabilityStatement",
@@ -68,6 +81,7 @@ def capability_statement(ctx: FhirContext, config) -> dict:
         "date": instant(utcnow()),
         "publisher": "Regional results repository",
         "kind": "instance",
+        "instantiates": [f"{BULK}/CapabilityStatement/bulk-data"],
         "software": {"name": "results-repo", "version": "0.1.0"},
         "implementation": {"description": "Regional results repository (FHIR R4)", "url": ctx.base_url},
         "fhirVersion": "4.0.1",
@@ -76,6 +90,7 @@ def capability_statement(ctx: FhirContext, config) -> dict:
         "rest": [
             {
                 "mode": "server",
+                "security": _smart_security(ctx.base_url),
                 "documentation": (
                     f"Batch and transaction Bundles accept at most {ctx.max_bundle_entries} entries; "
                     f"request bodies at most {config.get('MAX_CONTENT_LENGTH')} bytes. References to "
@@ -90,6 +105,7 @@ def capability_statement(ctx: FhirContext, config) -> dict:
                 ],
                 "searchParam": system_params,
                 "compartment": [PATIENT_COMPARTMENT],
+                "operation": [{"name": "export", "definition": f"{BULK}/OperationDefinition/export"}],
             }
         ],
     }

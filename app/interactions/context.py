@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
@@ -42,6 +43,9 @@ class FhirContext:
     caller: str = "anonymous"
     # Operators' debug switch: searches report their SQL (config SEARCH_DEBUG_SQL).
     debug_sql: bool = False
+    # What the caller's access token allows (app.auth.permission.Permission); None = open
+    # (AUTH_REQUIRED=false without a token, CLI, loader, workers).
+    permission: Any = None
 
     def index_fn(self):
         from app.indexing.extract import extract

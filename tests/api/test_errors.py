@@ -28,6 +28,7 @@ def small_server(database_url):
             "TESTING": True,
             "SECRET_KEY": "test-secret",
             "MAX_CONTENT_LENGTH": 2000,
+            "AUTH_REQUIRED": False,  # tests the body cap, not authorisation
         }
     )
     srv = LiveServer(application)

@@ -1,0 +1,1 @@
+"""SMART on FHIR: authorization server, tokens, scopes and their enforcement."""
