@@ -38,11 +38,11 @@ def test_conditional_create_one_match_returns_existing(http, base):
 
 
 def test_conditional_create_two_matches_is_412(http, base):
-    v = uid()
-    create(http, base, patient(v))
-    create(http, base, patient(v))
+    v = uid()  # two Patients cannot share an identifier (decision 0009): they share a family name
+    create(http, base, patient(name=[{"family": v}]))
+    create(http, base, patient(name=[{"family": v}]))
     before = history_total(http, base)
-    r = http.post(f"{base}/Patient", json=patient(v), headers=headers(If_None_Exist=_ident(v)))
+    r = http.post(f"{base}/Patient", json=patient(v), headers=headers(If_None_Exist=f"family={v}"))
     assert_outcome(r, 412)
     assert history_total(http, base) == before
 
@@ -90,11 +90,11 @@ def test_conditional_update_one_match_updates(http, base):
 
 
 def test_conditional_update_several_matches_is_412(http, base):
-    v = uid()
-    a = create(http, base, patient(v))
-    b = create(http, base, patient(v))
+    v = uid()  # two Patients cannot share an identifier (decision 0009): they share a family name
+    a = create(http, base, patient(name=[{"family": v}]))
+    b = create(http, base, patient(name=[{"family": v}]))
     before = history_total(http, base)
-    r = http.put(f"{base}/Patient?{_ident(v)}", json=patient(v, gender="male"), headers=headers())
+    r = http.put(f"{base}/Patient?family={v}", json=patient(v, gender="male"), headers=headers())
     assert_outcome(r, 412)
     assert history_total(http, base) == before
     for p in (a, b):
@@ -115,11 +115,11 @@ def test_conditional_delete_one_match(http, base):
 
 
 def test_conditional_delete_several_is_412(http, base):
-    v = uid()
-    a = create(http, base, patient(v))
-    b = create(http, base, patient(v))
+    v = uid()  # two Patients cannot share an identifier (decision 0009): they share a family name
+    a = create(http, base, patient(name=[{"family": v}]))
+    b = create(http, base, patient(name=[{"family": v}]))
     before = history_total(http, base)
-    assert_outcome(http.delete(f"{base}/Patient?{_ident(v)}"), 412)
+    assert_outcome(http.delete(f"{base}/Patient?family={v}"), 412)
     assert history_total(http, base) == before
     assert http.get(f"{base}/Patient/{a['id']}").status_code == 200
     assert http.get(f"{base}/Patient/{b['id']}").status_code == 200

@@ -258,13 +258,14 @@ def test_conditional_reference_resolved(http, base):
 
 def test_conditional_reference_zero_or_many_fails(http, base):
     v_none, v_two = uid(), uid()
-    create(http, base, patient(v_two))
-    create(http, base, patient(v_two))
-    for v in (v_none, v_two):
+    # two Patients cannot share an identifier (decision 0009): these two share a family name
+    create(http, base, patient(name=[{"family": v_two}]))
+    create(http, base, patient(name=[{"family": v_two}]))
+    for query in (ident(v_none), f"family={v_two}"):
         w = uid()
         before = history_total(http, base)
         r = send(
-            http, base, tx([post_entry(patient(w)), post_entry(observation(f"Patient?{ident(v)}"))])
+            http, base, tx([post_entry(patient(w)), post_entry(observation(f"Patient?{query}"))])
         )
         assert_outcome(r, 412)
         assert_nothing_written(http, base, before, [w])
@@ -299,13 +300,15 @@ def test_if_none_exist_in_transaction(http, base):
     w = uid()
     r = send(http, base, tx([post_entry(patient(w), urn(), ifNoneExist=ident(w))]))
     assert r.json()["entry"][0]["response"]["status"].startswith("201")
-    # several matches: the whole transaction fails
-    create(http, base, patient(w))
+    # several matches: the whole transaction fails (two Patients cannot share an identifier,
+    # decision 0009: these two share a family name)
+    create(http, base, patient(name=[{"family": w}]))
+    create(http, base, patient(name=[{"family": w}]))
     before = history_total(http, base)
     r = send(
         http,
         base,
-        tx([post_entry(patient(uid())), post_entry(patient(w), urn(), ifNoneExist=ident(w))]),
+        tx([post_entry(patient(uid())), post_entry(patient(uid()), urn(), ifNoneExist=f"family={w}")]),
     )
     assert_outcome(r, 412)
     assert history_total(http, base) == before
