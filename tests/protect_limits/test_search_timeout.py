@@ -1,0 +1,91 @@
+"""Expensive searches end: a per-statement deadline (PostgreSQL statement_timeout, SQLite progress
+handler) turns a long search into a 400 OperationOutcome ``too-costly``, and the worker and its
+pooled connection go on serving."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from limitshelp import H, Live, make_app, outcome_codes, uid
+from sqlalchemy import create_engine, text
+
+from app.db.deadline import QueryTimeout, statement_deadline
+from app.db.engine import make_engine
+
+SLOW_SQL = {
+    "postgresql": "SELECT pg_sleep(2)",
+    # ~10^8 VM steps of a recursive CTE: seconds of work, interrupted long before
+    "sqlite": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000000) SELECT count(*) FROM n",
+}
+
+
+def _dialect(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite") else "postgresql"
+
+
+@pytest.mark.parametrize("in_transaction", [True, False])
+def test_deadline_interrupts_a_long_statement(database_url, in_transaction) -> None:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            if not in_transaction and conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if in_transaction:
+                conn.begin()
+            with pytest.raises(QueryTimeout), statement_deadline(conn, 50):
+                conn.exec_driver_sql(SLOW_SQL[_dialect(database_url)]).all()
+            if in_transaction:
+                conn.rollback()
+            # the same connection is usable again, without the limit
+            assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+            if conn.dialect.name == "postgresql":
+                assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
+    finally:
+        engine.dispose()
+
+
+def test_no_deadline_when_zero(database_url) -> None:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn, statement_deadline(conn, 0):
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def tiny_timeout(database_url):
+    """An app whose searches may run 1 ms, over a few thousand patients."""
+    app = make_app(database_url, SEARCH_TIMEOUT_MS=1, MAX_BUNDLE_ENTRIES=1000)
+    srv = Live(app)
+    app.config["PUBLIC_BASE_URL"] = srv.base
+    tag = uid()
+    for _ in range(3):
+        entries = [{"resource": {"resourceType": "Patient", "meta": {"tag": [{"system": "urn:test:t", "code": tag}]},
+                                 "name": [{"family": f"Fam{uid()}", "given": ["Eve"]}], "birthDate": "1980-02-03"},
+                    "request": {"method": "POST", "url": "Patient"}} for _ in range(1000)]
+        r = requests.post(srv.base, json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                          headers={**H, "Prefer": "return=minimal"})
+        assert r.status_code == 200, r.text[:500]
+    yield app, srv, tag
+    srv.stop()
+    app.extensions["results_repo"].engine.dispose()
+
+
+def test_a_long_search_is_too_costly_not_a_hung_worker(tiny_timeout) -> None:
+    app, srv, tag = tiny_timeout
+    # every match counted and sorted by a string: thousands of rows, far beyond 1 ms
+    r = requests.get(f"{srv.base}/Patient", params={"name:contains": "fam", "_sort": "-family,birthdate",
+                                                   "_total": "accurate", "_count": "500"}, headers=H)
+    assert r.status_code == 400, r.text[:300]
+    assert outcome_codes(r) == ["too-costly"]
+    assert "1 ms" in r.json()["issue"][0]["diagnostics"]
+    # the server goes on: with the limit lifted, the same search answers
+    app.config["SEARCH_TIMEOUT_MS"] = 0
+    try:
+        ok = requests.get(f"{srv.base}/Patient", params={"_tag": f"urn:test:t|{tag}", "_total": "accurate",
+                                                        "_count": "5"}, headers=H)
+        assert ok.status_code == 200, ok.text[:300]
+        assert ok.json()["total"] == 3000
+    finally:
+        app.config["SEARCH_TIMEOUT_MS"] = 1
