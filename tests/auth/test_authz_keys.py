@@ -12,7 +12,7 @@ from app.auth.keys import SigningKeyMissing
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     monkeypatch.setenv("RESULTS_REPO_INSTANCE", str(tmp_path / "instance"))
-    monkeypatch.setenv("SECRET_KEY", "k" * 64)
+    monkeypatch.setenv("SECRET_KEY", "0123456789abcdef" * 4)
     for name in ("SIGNING_KEY_PEM", "SIGNING_KEY_FILE", "RESULTS_REPO_SIGNING_KEY_PEM", "RESULTS_REPO_SIGNING_KEY_FILE"):
         monkeypatch.delenv(name, raising=False)
     return {"DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}"}

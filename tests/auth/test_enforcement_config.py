@@ -65,7 +65,7 @@ def test_run_open_is_refused_in_production(database_url, monkeypatch) -> None:
 
     pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    env = {"RESULTS_REPO_ENV": "production", "SECRET_KEY": "k", "DATABASE_URL": database_url,
+    env = {"RESULTS_REPO_ENV": "production", "SECRET_KEY": "0123456789abcdef" * 4, "DATABASE_URL": database_url,
            "SIGNING_KEY_PEM": pem}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
