@@ -4,8 +4,10 @@ Snapshot: for each current ``resource`` row of a type (keyset on ``rid``), the v
 the current one when it was last updated at or before the transaction time, otherwise the newest
 ``resource_version`` row at or before it (a correlated ``max(version)``, only for the few rows
 changed since kick-off); a version that is a delete, or a resource created later, yields nothing.
-Search criteria (``_typeFilter``, the Patient compartment, Group members) are evaluated on the
-search index, which describes the current version (see docs/decisions/0007-bulk-export.md).
+Search criteria (``_typeFilter``, granular scopes, the Patient compartment, Group members) are
+decided on the snapshot too: on the search index for rows unchanged since transactionTime, and on
+the exported version's own index rows, built in a scratch database, for rows changed since
+(app.bulk.snapshot; docs/decisions/0014-bulk-export-snapshot.md).
 
 Memory: rows come in keyset batches whose row count is sized so a batch holds about
 ``batch_bytes`` of JSON (from the running average row size), and each line goes straight to a
@@ -31,8 +33,12 @@ from urllib.parse import parse_qsl
 import orjson
 from sqlalchemy import and_, case, func, or_, select
 
+from app.bulk import associated
 from app.bulk.params import ExportParams
+from app.bulk.snapshot import SnapshotFilter, changed_select, needs_live_index
 from app.bulk.tables import bulk_job_patient
+from app.fhir.errors import FhirError
+from app.protect.labels import labelled
 from app.search.parse import parse
 from app.search.plan import Ctx, compile_node
 from app.search.rewrite import _compartment_codes
@@ -57,7 +63,8 @@ class Cursor:
     part: int = 1
     seq: int = 0
     exported: int = 0
-    phase: int = 0  # OUTPUT or DELETED pass of the type
+    phase: int = 0  # OUTPUT or DELETED pass of the type (SCAN or WRITE of the Provenance stage)
+    notes_done: bool = False  # the error file of kick-off notes has been written
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -91,6 +98,8 @@ def type_condition(t: str, params: ExportParams, job_id: str, level: str, regist
     if scoped:  # the token's granular scopes: OR-ed among themselves, AND-ed with the rest
         conds.append(or_(*(compile_node(parse(t, parse_qsl(q, keep_blank_values=True), registry, strict=True,
                                                   base_url=base_url, tz=tz).tree(), Ctx(t, r, bound)) for q in scoped)))
+    if params.withheld:  # sensitive labels the token may not see: NOT EXISTS a _security row
+        conds.append(~labelled(r.c.rid, frozenset((s, c) for s, c in params.withheld)))
     if level in ("patient", "group"):
         restricted = level == "group" or bool(params.patients)
         members = select(bulk_job_patient.c.patient_id).where(bulk_job_patient.c.job_id == job_id)
@@ -111,7 +120,7 @@ def type_condition(t: str, params: ExportParams, job_id: str, level: str, regist
 
 
 def snapshot_select(t: str, at: datetime, since: datetime | None, cond: Any, after: int, n: int):
-    """One keyset batch: ``(rid, content)`` for the next ``n`` current rows of type ``t`` after
+    """One keyset batch: ``(rid, content, res_id)`` for the next ``n`` current rows of type ``t`` after
     ``rid`` ``after``, with the content of the version current at ``at``; ``content`` is NULL
     when that version is excluded (a delete, created later, older than ``since``), so the batch
     always advances by the rows it looked at.
@@ -121,7 +130,7 @@ def snapshot_select(t: str, at: datetime, since: datetime | None, cond: Any, aft
     the same on PostgreSQL and SQLite whatever the table sizes (a plain join let PostgreSQL hash
     both whole tables for every batch)."""
     r, v = resource, resource_version
-    inner = select(r.c.rid, r.c.version, r.c.last_updated).where(r.c.res_type == t, r.c.rid > after)
+    inner = select(r.c.rid, r.c.version, r.c.last_updated, r.c.res_id).where(r.c.res_type == t, r.c.rid > after)
     if since is not None:
         inner = inner.where(r.c.last_updated >= since)  # necessary: versions only get newer
     if cond is not None:
@@ -134,7 +143,7 @@ def snapshot_select(t: str, at: datetime, since: datetime | None, cond: Any, aft
     on = and_(v.c.rid == b.c.rid, v.c.version == version_at, v.c.deleted.is_(False))
     if since is not None:
         on = and_(on, v.c.last_updated >= since)
-    return select(b.c.rid, v.c.content).select_from(b.outerjoin(v, on)).order_by(b.c.rid)
+    return select(b.c.rid, v.c.content, b.c.res_id).select_from(b.outerjoin(v, on)).order_by(b.c.rid)
 
 
 def shape_for(t: str, elements: list[str] | None) -> Shape | None:
@@ -149,9 +158,11 @@ class PartWriter:
     """Writes one type's lines into ``<type>-<part>.ndjson`` files of at most ``max_bytes``."""
 
     def __init__(self, outdir: Path, res_type: str, part: int, max_bytes: int,
-                 on_finish: Callable[[FinishedFile, int, int], None], kind: str = "output") -> None:
+                 on_finish: Callable[[FinishedFile, int, int], None], kind: str = "output",
+                 stem: str | None = None) -> None:
         self.outdir, self.res_type, self.part, self.max_bytes = outdir, res_type, part, max_bytes
         self.kind = kind
+        self.stem = stem
         self.tag = uuid.uuid4().hex[:8]
         self.on_finish = on_finish
         self.fh = None
@@ -161,7 +172,7 @@ class PartWriter:
 
     @property
     def name(self) -> str:
-        stem = self.res_type if self.kind == "output" else f"{self.res_type}-{self.kind}"
+        stem = self.stem or (self.res_type if self.kind == "output" else f"{self.res_type}-{self.kind}")
         return f"{stem}-{self.part}.ndjson"
 
     @property
@@ -227,6 +238,85 @@ def _delete_bundle(t: str, res_id: str) -> bytes:
 
 
 OUTPUT, DELETED = 0, 1  # the two passes over a type (Cursor.phase)
+SCAN, WRITE = 0, 1  # the two passes of the LatestProvenanceResources stage
+
+
+def associated_mode(params: ExportParams, job_id: str, level: str, registry: Any, tz: Any,
+                    base_url: str) -> str | None:
+    """The Provenance inclusion this job needs as an extra stage after its types, or None (not
+    asked for, or every Provenance is exported anyway because Provenance is an unfiltered type)."""
+    mode = associated.wanted(params.include_associated)
+    if mode is None:
+        return None
+    if "Provenance" in params.types and type_condition("Provenance", params, job_id, level, registry, tz,
+                                                       base_url) is None:
+        return None
+    return mode
+
+
+def version_at_select(rids: list[int], at: datetime):
+    """``(rid, content)`` of the version current at ``at`` of the given resources (not deletes)."""
+    r, v = resource, resource_version
+    b = select(r.c.rid, r.c.version, r.c.last_updated).where(r.c.rid.in_(rids)).subquery("b")
+    v2 = resource_version.alias("v2")
+    older = (select(func.max(v2.c.version)).where(v2.c.rid == b.c.rid, v2.c.last_updated <= at)
+             .scalar_subquery())
+    version_at = case((b.c.last_updated <= at, b.c.version), else_=older)
+    on = and_(v.c.rid == b.c.rid, v.c.version == version_at, v.c.deleted.is_(False))
+    return select(b.c.rid, v.c.content, v.c.res_id).select_from(b.join(v, on)).order_by(b.c.rid)
+
+
+class _Reader:
+    """Fetches one keyset batch of a type's exportable rows as ``(rid, content, res_id)``
+    (``content`` None: the row is not exported), with row filters decided on the snapshot.
+
+    Without a row filter, :func:`snapshot_select` alone is exact. With one, the batch is the
+    rows unchanged since ``at`` that satisfy the filter on the live index (which describes them
+    exactly), merged in ``rid`` order with the rows of the same ``rid`` range changed after ``at``
+    whose version at ``at`` satisfies the filter in a scratch index
+    (:class:`app.bulk.snapshot.SnapshotFilter`). A filter with chains or ``_has`` stays on the
+    live index for every row (see the decision record 0014)."""
+
+    def __init__(self, engine: Any, snap: SnapshotFilter, *, t: str, params: ExportParams, job_id: str,
+                 level: str, registry: Any, tz: Any, base_url: str, at: datetime, since: datetime | None) -> None:
+        self.engine, self.snap, self.t, self.at, self.since = engine, snap, t, at, since
+        self.pg = engine.dialect.name == "postgresql"
+
+        def cond(after: int = 0) -> Any:
+            return type_condition(t, params, job_id, level, registry, tz, base_url, after)
+
+        self.cond = cond
+        self.filtered = cond() is not None
+        queries = params.type_filters.get(t, []) + params.scope_filters.get(t, [])
+        self.live = self.filtered and needs_live_index(t, queries, registry, tz, base_url)
+
+    def batch(self, after: int, n: int) -> tuple[list, int, bool]:
+        """``(rows, next_after, more)``: ``more`` False when the type is exhausted."""
+        r = resource
+        with self.engine.connect() as conn:
+            if self.pg:  # JIT compiles each batch's plan anew: ~10-20 ms a batch, never repaid
+                conn.exec_driver_sql("SET LOCAL jit = off")
+            if not self.filtered or self.live:
+                rows = [tuple(x) for x in conn.execute(
+                    snapshot_select(self.t, self.at, self.since, self.cond(after), after, n)).all()]
+                more = len(rows) == n
+                return rows, (rows[-1][0] if rows else after), more
+            unchanged = and_(self.cond(after), r.c.last_updated <= self.at)
+            rows = [tuple(x) for x in conn.execute(
+                snapshot_select(self.t, self.at, self.since, unchanged, after, n)).all()]
+            more = len(rows) == n
+            upto = rows[-1][0] if more else None
+            changed = conn.execute(changed_select(self.t, self.at, self.since, after, upto)).all()
+        if changed:
+            ok = self.snap.matching(self.t, self.cond(), changed)
+            rows += [(c.rid, c.content, c.res_id) for c in changed if c.rid in ok]
+            rows.sort(key=lambda x: x[0])
+        nxt = upto if more else (rows[-1][0] if rows else after)
+        return rows, nxt, more
+
+
+def _batch_size(avg: float | None, batch_bytes: int) -> int:
+    return FIRST_BATCH if avg is None else max(MIN_BATCH, min(MAX_BATCH, int(batch_bytes / avg)))
 
 
 def run_export(engine, *, job_id: str, level: str, params: ExportParams, at: datetime, registry: Any,
@@ -241,15 +331,49 @@ def run_export(engine, *, job_id: str, level: str, params: ExportParams, at: dat
     the deleted pass, which lists resources deleted since ``_since`` as NDJSON transaction
     Bundles with a DELETE entry (the manifest's ``deleted`` array). For a filtered type the
     deleted pass is skipped: a deleted resource has no index rows left to test the filter on, and
-    listing every deleted id would disclose resources outside the filter or the token's scopes."""
+    listing every deleted id would disclose resources outside the filter or the token's scopes.
+    After the types, ``includeAssociatedData`` adds the Provenance stage (app.bulk.associated)."""
     since = params.since_dt()
     pg = engine.dialect.name == "postgresql"
+    mode = associated_mode(params, job_id, level, registry, tz, base_url)
+    tracker = None
+    if mode is not None and cursor.type_idx <= len(params.types):
+        fresh = (cursor.type_idx, cursor.phase, cursor.after, cursor.seq) == (0, 0, 0, 0)
+        if not fresh and not (outdir / associated.TRACKER_NAME).exists():
+            raise FhirError(500, "exception", "the list of exported resources kept for includeAssociatedData "
+                                              "was lost while the export was interrupted; start the export again")
+        tracker = associated.Tracker(outdir)
+    snap = SnapshotFilter(engine, registry, tz, job_id)
+    try:
+        cursor = _run_types(engine, pg, snap, tracker, job_id=job_id, level=level, params=params, at=at,
+                            since=since, registry=registry, tz=tz, base_url=base_url, outdir=outdir,
+                            cursor=cursor, file_max_bytes=file_max_bytes, batch_bytes=batch_bytes,
+                            record=record, heartbeat=heartbeat)
+        if tracker is not None and cursor.type_idx <= len(params.types):
+            cursor = _run_provenance(engine, snap, tracker, mode, job_id=job_id, params=params, at=at,
+                                     registry=registry, tz=tz, base_url=base_url, outdir=outdir, cursor=cursor,
+                                     file_max_bytes=file_max_bytes, batch_bytes=batch_bytes, record=record,
+                                     heartbeat=heartbeat)
+            tracker.remove()
+            tracker = None
+    finally:
+        snap.close()
+        if tracker is not None:
+            tracker.close()
+    return cursor
+
+
+def _run_types(engine, pg: bool, snap: SnapshotFilter, tracker: associated.Tracker | None, *, job_id: str,
+               level: str, params: ExportParams, at: datetime, since: datetime | None, registry: Any, tz: Any,
+               base_url: str, outdir: Path, cursor: Cursor, file_max_bytes: int, batch_bytes: int,
+               record: Callable[[FinishedFile | None, Cursor], None], heartbeat: Callable[[int], None]) -> Cursor:
     for ti in range(cursor.type_idx, len(params.types)):
         t = params.types[ti]
         shape = shape_for(t, params.elements)
-        cond = type_condition(t, params, job_id, level, registry, tz, base_url)
+        reader = _Reader(engine, snap, t=t, params=params, job_id=job_id, level=level, registry=registry, tz=tz,
+                         base_url=base_url, at=at, since=since)
         resume = ti == cursor.type_idx
-        phases = [OUTPUT] + ([DELETED] if since is not None and cond is None else [])
+        phases = [OUTPUT] + ([DELETED] if since is not None and not reader.filtered else [])
         for phase in phases:
             if resume and phase < cursor.phase:
                 continue
@@ -270,22 +394,23 @@ def run_export(engine, *, job_id: str, level: str, params: ExportParams, at: dat
             avg: float | None = None  # bytes per row of this type, learnt from the first batch
             try:
                 while True:
-                    n = FIRST_BATCH if avg is None else max(MIN_BATCH, min(MAX_BATCH, int(batch_bytes / avg)))
+                    n = _batch_size(avg, batch_bytes)
                     if phase == OUTPUT:
-                        bounded = type_condition(t, params, job_id, level, registry, tz, base_url, after)
-                        stmt = snapshot_select(t, at, since, bounded, after, n)
+                        rows, after, more = reader.batch(after, n)
                     else:
-                        stmt = deleted_select(t, at, since, after, n)
-                    with engine.connect() as conn:
-                        if pg:  # JIT compiles each batch's plan anew: ~10-20 ms a batch, never repaid
-                            conn.exec_driver_sql("SET LOCAL jit = off")
-                        rows = conn.execute(stmt).all()
+                        with engine.connect() as conn:
+                            if pg:
+                                conn.exec_driver_sql("SET LOCAL jit = off")
+                            rows = conn.execute(deleted_select(t, at, since, after, n)).all()
+                        more = len(rows) == n
+                        after = rows[-1][0] if rows else after
                     if not rows:
                         break
                     total = 0
-                    for row in rows:
-                        if phase == OUTPUT:
-                            rid, content = row
+                    if phase == OUTPUT:
+                        if tracker is not None:  # before the lines: a recorded file implies its ids are kept
+                            tracker.add(t, [res_id for _rid, content, res_id in rows if content is not None])
+                        for rid, content, _res_id in rows:
                             if content is None:
                                 continue
                             raw = content.encode() if isinstance(content, str) else content
@@ -294,14 +419,15 @@ def run_export(engine, *, job_id: str, level: str, params: ExportParams, at: dat
                                 raw = shape_resource(t, raw, shape)
                             writer.write(rid, raw)
                             state["exported"] += 1
-                        elif row.hit is not None:
-                            writer.write(row.rid, _delete_bundle(t, row.res_id))
+                    else:
+                        for row in rows:
+                            if row.hit is not None:
+                                writer.write(row.rid, _delete_bundle(t, row.res_id))
                     got = len(rows)
-                    after = rows[-1][0]
                     avg = max(64.0, total / got) if phase == OUTPUT else 64.0  # rows left out count as small
                     del rows
                     heartbeat(state["exported"])
-                    if got < n:
+                    if not more:
                         break
                 writer.finish()
             except BaseException:
@@ -311,4 +437,91 @@ def run_export(engine, *, job_id: str, level: str, params: ExportParams, at: dat
             cursor = Cursor(nxt[0], 0, 1, state["seq"], state["exported"], nxt[1])
             record(None, cursor)
             resume = False
+    return cursor
+
+
+def _run_provenance(engine, snap: SnapshotFilter, tracker: associated.Tracker, mode: str, *, job_id: str,
+                    params: ExportParams, at: datetime, registry: Any, tz: Any, base_url: str, outdir: Path,
+                    cursor: Cursor, file_max_bytes: int, batch_bytes: int,
+                    record: Callable[[FinishedFile | None, Cursor], None],
+                    heartbeat: Callable[[int], None]) -> Cursor:
+    """The includeAssociatedData stage (cursor ``type_idx == len(types)``): Provenance at
+    transactionTime whose targets were exported, as ``Provenance-associated-<n>.ndjson``.
+
+    Only the token's granular scopes on Provenance restrict it (``_typeFilter`` and ``_since``
+    are about the Provenance *type* output; the Provenance of an exported resource comes with it).
+    Relevant: one pass that writes as it reads. Latest: a SCAN pass that keeps the best
+    Provenance per target in the tracker, then a WRITE pass over the chosen ones in rid order."""
+    ti = len(params.types)
+    resume = cursor.type_idx == ti
+    phase = cursor.phase if resume else SCAN
+    after = cursor.after if resume else 0
+    state = {"exported": cursor.exported, "seq": cursor.seq}
+    scoped = ExportParams(types=["Provenance"], scope_filters={
+        k: v for k, v in params.scope_filters.items() if k == "Provenance"})
+    reader = _Reader(engine, snap, t="Provenance", params=scoped, job_id=job_id, level="system", registry=registry,
+                     tz=tz, base_url=base_url, at=at, since=None)
+    shape = shape_for("Provenance", params.elements)
+
+    def on_finish(f: FinishedFile, last_rid: int, next_part: int) -> None:
+        state["seq"] += 1
+        record(f, Cursor(ti, last_rid, next_part, state["seq"], state["exported"], phase))
+
+    writer = PartWriter(outdir, "Provenance", cursor.part if resume else 1, file_max_bytes, on_finish,
+                        stem="Provenance-associated")
+
+    def emit(rid: int, content: Any) -> None:
+        raw = content.encode() if isinstance(content, str) else content
+        writer.write(rid, shape_resource("Provenance", raw, shape) if shape is not None else raw)
+        state["exported"] += 1
+
+    try:
+        avg: float | None = None
+        if phase == SCAN:
+            if mode == associated.LATEST:
+                tracker.reset_latest()  # a SCAN is redone whole after a restart
+                after = 0
+            while True:
+                n = _batch_size(avg, batch_bytes)
+                rows, after, more = reader.batch(after, n)
+                total = 0
+                for rid, content, res_id in rows:
+                    if content is None:
+                        continue
+                    total += len(content)
+                    if tracker.exported([("Provenance", res_id)]):
+                        continue  # already in the Provenance output
+                    doc = orjson.loads(content)
+                    hit = tracker.exported(associated.targets(doc))
+                    if not hit:
+                        continue
+                    if mode == associated.RELEVANT:
+                        emit(rid, content)
+                    else:
+                        tracker.offer(hit, associated.recorded_key(doc), rid)
+                tracker.commit()
+                avg = max(64.0, total / len(rows)) if rows else avg
+                heartbeat(state["exported"])
+                if not more:
+                    break
+            if mode == associated.LATEST:
+                phase, after = WRITE, 0
+                record(None, Cursor(ti, 0, writer.part, state["seq"], state["exported"], WRITE))
+        if phase == WRITE:
+            while True:
+                rids = tracker.latest_rids(after, 1000)
+                if not rids:
+                    break
+                with engine.connect() as conn:
+                    rows = conn.execute(version_at_select(rids, at)).all()
+                for rid, content, _res_id in rows:
+                    emit(rid, content)
+                after = rids[-1]
+                heartbeat(state["exported"])
+        writer.finish()
+    except BaseException:
+        writer.abandon()
+        raise
+    cursor = Cursor(ti + 1, 0, 1, state["seq"], state["exported"], OUTPUT)
+    record(None, cursor)
     return cursor

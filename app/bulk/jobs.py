@@ -52,7 +52,9 @@ def check_export_allowed(ctx: FhirContext, params: ExportParams, level: str = "s
       Group read as well (the membership is read from the Group);
     - granular scopes (``system/Observation.rs?category=laboratory``) become ``scope_filters``
       (OR-ed per type, AND-ed with ``_typeFilter``) compiled into the export query; a scope
-      with no query makes the type unrestricted; a query the type cannot evaluate grants nothing.
+      with no query makes the type unrestricted; a query the type cannot evaluate grants nothing;
+    - ``includeAssociatedData`` adds Provenance: the token must allow reading it (else 403), and
+      its granular Provenance scopes restrict that stage.
     Client binding (poll, download, delete) is enforced by :func:`load_job` via :func:`client_of`.
     """
     perm = getattr(ctx, "permission", None)
@@ -68,7 +70,9 @@ def check_export_allowed(ctx: FhirContext, params: ExportParams, level: str = "s
         raise FhirError(403, "forbidden", "A Group export needs a scope that allows reading Group.")
     readable: list[str] = []
     filters: dict[str, list[str]] = {}
-    for t in params.types:
+    # includeAssociatedData exports Provenance too: the token must be able to read it.
+    extra = ["Provenance"] if params.include_associated and "Provenance" not in params.types else []
+    for t in params.types + extra:
         scs = [sc for sc in system if sc.allows(t, "r")]
         queries: list[str] = []
         unrestricted = False
@@ -86,6 +90,10 @@ def check_export_allowed(ctx: FhirContext, params: ExportParams, level: str = "s
         elif queries:
             readable.append(t)
             filters[t] = queries
+    if params.include_associated and "Provenance" not in readable:
+        raise FhirError(403, "forbidden", "includeAssociatedData adds Provenance resources, which the access "
+                                          "token does not allow reading.", ["includeAssociatedData"])
+    readable = [t for t in readable if t in params.types]
     denied = [t for t in params.types if t not in readable]
     if denied and params.type_explicit:
         raise FhirError(403, "forbidden", f"The access token does not allow reading {', '.join(denied)}.", ["_type"])
@@ -94,6 +102,7 @@ def check_export_allowed(ctx: FhirContext, params: ExportParams, level: str = "s
     params.types = readable
     params.type_filters = {t: q for t, q in params.type_filters.items() if t in readable}
     params.scope_filters = filters
+    params.withheld = sorted([s, c] for s, c in getattr(perm, "withheld", ()))
     return params
 
 
@@ -153,9 +162,6 @@ def kick_off(ctx: FhirContext, s: BulkSettings, *, level: str, group_id: str | N
             for p in params.patients:
                 if p not in known:
                     params.notes.append(f"Patient/{p} is not known to this server; nothing was exported for it.")
-        for a in params.include_associated:
-            params.notes.append(f"includeAssociatedData={a} was accepted but is not applied by this server: "
-                                "export Provenance with _type (and _typeFilter) instead.")
         conn.execute(insert(bulk_job).values(
             id=job_id, client_id=client, state="queued", level=level, group_id=group_id,
             request_url=request_url, params=orjson.dumps(params.to_json()).decode(),

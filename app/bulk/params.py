@@ -42,7 +42,9 @@ class ExportParams:
     patients: list[str] = field(default_factory=list)  # the ``patient`` parameter (ids)
     # The token's granular scopes per type (search queries, OR-ed; AND-ed with _typeFilter).
     scope_filters: dict[str, list[str]] = field(default_factory=dict)
-    # Informational notes for the error file (unknown patients, unapplied includeAssociatedData).
+    # Security labels [system, code] the token was not cleared for at kick-off (app.protect).
+    withheld: list[list[str]] = field(default_factory=list)
+    # Warnings for the error file (unknown patients, ignored includeAssociatedData values).
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -166,9 +168,24 @@ def parse_export_params(
         parse_shape([], [",".join(n.split(".", 1)[1] if "." in n else n for n in names)])  # validates names
         elements = names
 
-    assoc = _split(by.get("includeAssociatedData", []))
-    for a in assoc:
-        if a not in ASSOCIATED_DATA and not a.startswith("_"):
+    # The IG's values are applied (app.bulk.associated); "_"-prefixed values are server-defined
+    # and this server defines none: refused with handling=strict, else ignored with a warning in
+    # the error file (the IG's rule for unsupported kick-off values). Anything else is invalid.
+    assoc: list[str] = []
+    notes: list[str] = []
+    for a in _split(by.get("includeAssociatedData", [])):
+        if a in ASSOCIATED_DATA:
+            if "Provenance" not in enabled:
+                raise FhirError(400, "not-supported", f"includeAssociatedData={a} needs Provenance, which this "
+                                "server does not support.", ["includeAssociatedData"])
+            if a not in assoc:
+                assoc.append(a)
+        elif a.startswith("_"):
+            if strict:
+                raise FhirError(400, "not-supported", f"includeAssociatedData value {a[:60]!r} is not supported "
+                                "by this server.", ["includeAssociatedData"])
+            notes.append(f"includeAssociatedData={a[:60]} is not supported by this server and was ignored.")
+        else:
             raise _bad(f"includeAssociatedData value {a[:60]!r} is not defined.", "includeAssociatedData")
 
     patients: list[str] = []
@@ -185,5 +202,5 @@ def parse_export_params(
 
     return ExportParams(
         types=types, type_explicit=explicit, since=since, type_filters=filters, elements=elements,
-        output_format=fmt, include_associated=assoc, patients=patients,
+        output_format=fmt, include_associated=assoc, patients=patients, notes=notes,
     )

@@ -131,7 +131,7 @@ class Worker:
                 registry=self.registry, tz=self.tz, base_url=self.base_url, outdir=outdir, cursor=cursor,
                 file_max_bytes=self.s.file_max_bytes, batch_bytes=self.s.batch_bytes, record=record,
                 heartbeat=heartbeat)
-            if params.notes and cursor.type_idx <= len(params.types):
+            if params.notes and not cursor.notes_done:
                 self._write_errors(job_id, outdir, params.notes, cursor, record)
             now = utcnow()
             with unit_of_work(self.engine, write=True) as conn:
@@ -164,16 +164,17 @@ class Worker:
     def _write_errors(self, job_id, outdir, notes, cursor: Cursor, record) -> None:
         name = "OperationOutcome-1.ndjson"
         tmp = outdir / (name + ".part")
+        # An ignored (unsupported) parameter value is "not-supported"; an unknown patient "not-found".
         lines = [orjson.dumps({"resourceType": "OperationOutcome", "issue": [
-            {"severity": "information" if "includeAssociatedData" in n else "warning",
-             "code": "informational" if "includeAssociatedData" in n else "not-found", "diagnostics": n}]})
+            {"severity": "warning", "code": "not-supported" if "not supported" in n else "not-found",
+             "diagnostics": n}]})
             for n in notes]
         with open(tmp, "wb") as fh:
             fh.write(b"".join(line + b"\n" for line in lines))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, outdir / name)
-        cur = Cursor(cursor.type_idx + 1, 0, 1, cursor.seq + 1, cursor.exported)
+        cur = Cursor(cursor.type_idx, 0, 1, cursor.seq + 1, cursor.exported, cursor.phase, notes_done=True)
         record(FinishedFile("error", "OperationOutcome", name, len(lines), sum(len(x) + 1 for x in lines)), cur)
 
     # --- expiry -------------------------------------------------------------------------------

@@ -232,7 +232,7 @@ def test_patient_param(http, base, app, data) -> None:
     body = {"resourceType": "Parameters", "parameter": [
         {"name": "patient", "valueReference": {"reference": f"Patient/{p1}"}},
         {"name": "patient", "valueReference": {"reference": "Patient/not-there"}},
-        {"name": "includeAssociatedData", "valueCode": "LatestProvenanceResources"},
+        {"name": "includeAssociatedData", "valueCode": "_acmeExtras"},  # custom: ignored with a warning
     ]}
     r = http.post(f"{base}/Patient/$export", data=orjson.dumps(body), headers={**ASYNC, "Content-Type": FHIR_JSON})
     assert r.status_code == 202, r.text
@@ -247,7 +247,9 @@ def test_patient_param(http, base, app, data) -> None:
     assert err.headers["Content-Type"] == "application/fhir+ndjson"
     issues = [orjson.loads(x)["issue"][0]["diagnostics"] for x in err.content.splitlines()]
     assert any("Patient/not-there" in i for i in issues)
-    assert any("includeAssociatedData" in i for i in issues)
+    assert any("includeAssociatedData=_acmeExtras" in i for i in issues)
+    codes = {orjson.loads(x)["issue"][0]["code"] for x in err.content.splitlines()}
+    assert codes == {"not-found", "not-supported"}
 
 
 def test_group_export_uses_active_members(http, base, app, data) -> None:

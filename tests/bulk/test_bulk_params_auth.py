@@ -87,6 +87,37 @@ def test_unrestricted_scope_wins_over_granular() -> None:
     assert p.types == ["Observation"] and p.scope_filters == {}
 
 
+def test_include_associated_data_values() -> None:
+    p = _p([("includeAssociatedData", "LatestProvenanceResources,RelevantProvenanceResources"),
+            ("includeAssociatedData", "_acme")])
+    assert p.include_associated == ["LatestProvenanceResources", "RelevantProvenanceResources"]
+    assert len(p.notes) == 1 and "_acme" in p.notes[0]
+    with pytest.raises(FhirError) as e:
+        _p([("includeAssociatedData", "_acme")], strict=True)
+    assert e.value.status == 400
+    with pytest.raises(FhirError) as e:
+        _p([("includeAssociatedData", "Everything")])
+    assert e.value.status == 400
+    with pytest.raises(FhirError) as e:  # Provenance not enabled on this server
+        parse_export_params([("includeAssociatedData", "LatestProvenanceResources")], level="system",
+                            enabled=ENABLED - {"Provenance"}, registry=REG, tz=None, base_url="http://x/fhir",
+                            strict=False)
+    assert e.value.status == 400
+
+
+def test_include_associated_data_needs_provenance_read() -> None:
+    assoc = [("_type", "Observation"), ("includeAssociatedData", "RelevantProvenanceResources")]
+    with pytest.raises(FhirError) as e:
+        check_export_allowed(_ctx(_perm("system/Observation.rs")), _p(assoc))
+    assert e.value.status == 403
+    # without _type, Provenance is narrowed out of the types, and still refused for the stage
+    with pytest.raises(FhirError) as e:
+        check_export_allowed(_ctx(_perm("system/Observation.rs")), _p([assoc[1]]))
+    assert e.value.status == 403
+    p = check_export_allowed(_ctx(_perm("system/Observation.rs system/Provenance.rs?agent-type=author")), _p(assoc))
+    assert p.types == ["Observation"] and p.scope_filters == {"Provenance": ["agent-type=author"]}
+
+
 def test_job_bound_to_its_client(tmp_path) -> None:
     """Only the client that started a job can see it (404 for anyone else)."""
     from app import create_app
