@@ -41,6 +41,17 @@ class Config:
     MAX_CONTENT_LENGTH: int = 32 * 1024 * 1024
     # Largest batch/transaction Bundle accepted (entries) -> 413.
     MAX_BUNDLE_ENTRIES: int = 1000
+    # JSON bodies nested deeper than this (objects/arrays) -> 400; at most 100, the validator's own cap.
+    MAX_JSON_DEPTH: int = 100
+    # Rate limits per client, per worker process (0 = off); see docs/security.md.
+    API_RATE_LIMIT_PER_MINUTE: int = 6000
+    API_RATE_LIMIT_BURST: int = 600
+    TOKEN_RATE_LIMIT_PER_MINUTE: int = 120
+    TOKEN_RATE_LIMIT_BURST: int = 30
+    # Each search statement may run this long (ms) before it is cancelled -> 400 too-costly (0 = off).
+    SEARCH_TIMEOUT_MS: int = 15000
+    # Strict-Transport-Security max-age when served over https (0 = no HSTS header).
+    HSTS_MAX_AGE: int = 31536000
     # Zone used for zone-less dateTimes.
     SERVER_TIMEZONE: str = "Europe/London"
     # History and search paging.
@@ -53,6 +64,24 @@ class Config:
     # Every FHIR request needs a SMART access token (metadata and .well-known stay open).
     # False is an explicit open demo (``results-repo run --open``), refused in production.
     AUTH_REQUIRED: bool = True
+    # Seconds a worker process reuses a validated access token before looking it up again; a
+    # revocation in another process takes effect within this time (0 = look up every request).
+    TOKEN_CACHE_SECONDS: float = 1.0
+    # Record an AuditEvent for every FHIR and token request (app/audit); off only to measure
+    # what auditing costs (AUDIT_ENABLED=false in bench/search_bench.py's environment).
+    AUDIT_ENABLED: bool = True
+    # PostgreSQL: commit each read's audit record synchronously (wait for its WAL flush, ~3 ms
+    # here) instead of asynchronously (docs/decisions/0010-audit-trail.md).
+    AUDIT_SYNC_READS: bool = False
+    # Sensitive results (docs/security.md): labels withheld from tokens without
+    # clearance (R, V = v3-Confidentiality; other bare codes = v3-ActCode; or system|code);
+    # an empty list switches withholding off.
+    SENSITIVE_LABELS: list[str] = ["R", "V", "HIV", "STD", "ETH", "PSY", "SDV", "SEX"]
+    # Labels added on arrival: {"system|code": ["HIV", "R"]}, and/or a JSON file of that mapping.
+    SENSITIVE_CODES: dict | None = None
+    SENSITIVE_CODES_FILE: str | None = None
+    # Seconds a client's/user's clearance is cached per worker (0 = read it on every request).
+    CLEARANCE_CACHE_SECONDS: float = 10
 
 
 class DevelopmentConfig(Config):
@@ -77,12 +106,25 @@ _ENV_KEYS = {
     "PUBLIC_BASE_URL": str,
     "MAX_CONTENT_LENGTH": int,
     "MAX_BUNDLE_ENTRIES": int,
+    "MAX_JSON_DEPTH": int,
+    "API_RATE_LIMIT_PER_MINUTE": int,
+    "API_RATE_LIMIT_BURST": int,
+    "TOKEN_RATE_LIMIT_PER_MINUTE": int,
+    "TOKEN_RATE_LIMIT_BURST": int,
+    "SEARCH_TIMEOUT_MS": int,
+    "HSTS_MAX_AGE": int,
     "SERVER_TIMEZONE": str,
     "DEFAULT_PAGE_SIZE": int,
     "MAX_PAGE_SIZE": int,
     "SQL_ECHO": lambda v: v.lower() in ("1", "true", "yes", "on"),
     "SEARCH_DEBUG_SQL": lambda v: v.lower() in ("1", "true", "yes", "on"),
     "AUTH_REQUIRED": lambda v: v.lower() not in ("0", "false", "no", "off"),
+    "TOKEN_CACHE_SECONDS": float,
+    "AUDIT_ENABLED": lambda v: v.lower() not in ("0", "false", "no", "off"),
+    "AUDIT_SYNC_READS": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "SENSITIVE_LABELS": lambda v: [t for t in v.replace(",", " ").split() if t and t != "-"],
+    "SENSITIVE_CODES_FILE": str,
+    "CLEARANCE_CACHE_SECONDS": float,
     "ENABLED_RESOURCE_TYPES": lambda v: [t.strip() for t in v.split(",") if t.strip()],
     # Bulk export (defaults in app/bulk/settings.py)
     "BULK_EXPORT_DIR": str,
@@ -91,6 +133,8 @@ _ENV_KEYS = {
     "BULK_MAX_JOBS_PER_CLIENT": int,
     "BULK_FILE_TTL": int,
     "BULK_INPROCESS_WORKER": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "BULK_WORKER_POLL": float,
+    "BULK_MIN_POLL_INTERVAL": float,
 }
 
 

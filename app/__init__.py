@@ -70,10 +70,30 @@ def create_app(config: dict | None = None) -> Flask:
     errors.register(app)
     fhir.register(app)
 
+    # Audit trail: X-Request-Id on every response, an AuditEvent for every FHIR and token request
+    from app.audit.web import init_app as init_audit
+
+    init_audit(app)
+
     # SMART authorization server: /auth/*, discovery documents, JWKS
     from app.auth.views import init_app as init_auth
 
     init_auth(app)
+
+    # Sensitive results: policy check at start-up, the privacy officer's alert view (app/protect).
+    from app.protect import init_app as init_protect
+
+    init_protect(app)
+
+    # Hardening: start-up refusals, security headers, rate limits (docs/security.md)
+    from app import startup_checks
+    from app.api import headers, limits
+
+    startup_checks.check_limits(app)
+    if env == "production":
+        startup_checks.check_production(app, app.config.get("SECRET_KEY"))
+    headers.init_app(app)
+    limits.init_app(app)
 
     @app.get("/")
     def _root():

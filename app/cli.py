@@ -13,6 +13,8 @@ from app.auth.cli import clients as auth_clients
 from app.auth.cli import demo_token
 from app.auth.cli import users as auth_users
 from app.loader.cli import demo, load
+from app.protect.cli import alerts as protect_alerts
+from app.protect.cli import clearance as protect_clearance
 
 
 def _create_app():
@@ -107,8 +109,12 @@ def run(host: str, port: int, debug: bool, demo: bool, open_api: bool) -> None:
     else:
         click.echo(f"Try: curl -s {base}/metadata | head -c 300")
     click.echo(f"\nServing {base}   (database: {_safe_url(app.config['DATABASE_URL'])}); Ctrl+C stops.")
-    # Flask's app.run() refuses to start under a Flask CLI group, so serve with werkzeug directly.
-    run_simple(host, port, app, use_debugger=debug, use_reloader=False, threaded=True)
+    # Flask's app.run() refuses to start under a Flask CLI group, so serve with werkzeug directly;
+    # the request log leaves query strings (patient data) out.
+    from app.api.accesslog import PathOnlyRequestHandler
+
+    run_simple(host, port, app, use_debugger=debug, use_reloader=False, threaded=True,
+               request_handler=PathOnlyRequestHandler)
 
 
 main.add_command(load)
@@ -116,6 +122,8 @@ main.add_command(demo)
 main.add_command(auth_clients)
 main.add_command(auth_users)
 main.add_command(demo_token)
+main.add_command(protect_clearance)
+main.add_command(protect_alerts)
 
 
 @main.command("worker")

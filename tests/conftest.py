@@ -19,6 +19,9 @@ from sqlalchemy import create_engine, text
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
 DATA = Path(__file__).parent / "data"
+# The shared app fixtures test behaviour, not limits: many fast requests from one address must not
+# meet a 429 (limits are tested in tests/protect_limits with apps of their own).
+NO_RATE_LIMITS = {"API_RATE_LIMIT_PER_MINUTE": 0, "TOKEN_RATE_LIMIT_PER_MINUTE": 0}
 
 
 def _pg_schema_url(schema: str) -> str:
@@ -58,7 +61,7 @@ def app(database_url):
     # Authorisation is tested with the token-protected fixtures below (``auth_app``/``auth_server``).
     application = create_app(
         {"DATABASE_URL": database_url, "TESTING": True, "SECRET_KEY": "test-secret", "MAX_BUNDLE_ENTRIES": 200,
-         "AUTH_REQUIRED": False}
+         "AUTH_REQUIRED": False, **NO_RATE_LIMITS}
     )
     yield application
     application.extensions["results_repo"].engine.dispose()
@@ -105,7 +108,7 @@ def auth_app(database_url):
 
     application = create_app(
         {"DATABASE_URL": database_url, "TESTING": True, "SECRET_KEY": "test-secret", "MAX_BUNDLE_ENTRIES": 200,
-         "AUTH_REQUIRED": True}
+         "AUTH_REQUIRED": True, **NO_RATE_LIMITS}
     )
     yield application
     application.extensions["results_repo"].engine.dispose()

@@ -59,6 +59,12 @@ def register(app: Flask) -> None:
     def _crash(err: Exception) -> Response:
         if isinstance(err, HTTPException):
             return _http_error(err)
+        from app.db.deadline import is_transient_conflict
+
+        if is_transient_conflict(err):  # a lost deadlock: rolled back whole, worth a retry
+            return outcome_response(409, operation_outcome([Issue(
+                "conflict", "Another request changed the same resources at the same moment; nothing was "
+                            "changed. Send the request again.")]))
         incident = uuid.uuid4().hex[:12]
         # Log the type and where, never the request body (patient data) or headers (tokens).
         log.error("unhandled %s (incident %s)", type(err).__name__, incident, exc_info=err)

@@ -8,12 +8,15 @@ from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 
 from app.api.bulk import register_bulk_routes
+from app.api.identity import register_identity_routes
 from app.api.negotiation import (
     check_accept,
     fhir_response,
     prefer_handling,
     require_json_body,
 )
+from app.audit.web import attach as attach_audit
+from app.audit.web import register_audit_routes
 from app.auth import protect
 from app.fhir.errors import FhirError
 from app.fhir.jsonutil import MAX_JSON_DEPTH, loads_body, too_deep
@@ -30,7 +33,7 @@ bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 
 def ctx() -> FhirContext:
     base = current_app.config.get("PUBLIC_BASE_URL") or (request.host_url.rstrip("/") + "/fhir")
-    return protect.apply(from_app(current_app, base))
+    return attach_audit(protect.apply(from_app(current_app, base)))
 
 
 # Bearer token -> Permission (401 without a valid token unless AUTH_REQUIRED is off); first,
@@ -64,8 +67,9 @@ def _load(raw: bytes) -> object:
     if _NUL_ESCAPE.search(raw):
         raise FhirError(400, "invalid", "The body contains a NUL character (\\u0000); FHIR strings may not.")
     doc = loads_body(raw)
-    if isinstance(doc, (dict, list)) and too_deep(doc):
-        raise FhirError(400, "structure", f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep.")
+    depth = int(current_app.config.get("MAX_JSON_DEPTH", MAX_JSON_DEPTH))
+    if isinstance(doc, (dict, list)) and too_deep(doc, depth):
+        raise FhirError(400, "structure", f"The JSON is nested more than {depth} levels deep.")
     return doc
 
 
@@ -237,6 +241,8 @@ def vread(res_type: str, res_id: str, version: str) -> Response:
 
 
 register_bulk_routes(bp)  # $export, $export-status, $export-file (app/api/bulk.py)
+register_identity_routes(bp, ctx, _json_body)  # Patient $match, $merge, $unmerge (app/api/identity.py)
+register_audit_routes(bp)  # read-only AuditEvent search and read from the audit trail (app/audit)
 
 
 def register(app: Flask) -> None:

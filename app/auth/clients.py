@@ -21,6 +21,7 @@ from authlib.oauth2.rfc6749 import ClientMixin
 from joserfc.jwk import KeySet
 from sqlalchemy import Engine, delete, select
 
+from app.auth.scopes import OTHER_SCOPES, ScopeError, parse_scope, parse_scopes
 from app.auth.tables import auth_client
 from app.auth.tokens import utcnow
 from app.auth.users import hash_secret, verify_secret
@@ -28,30 +29,33 @@ from app.db.engine import unit_of_work
 
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,255}$")
 ASSERTION_ALGS = ("RS384", "ES384")
-_SCOPE = re.compile(
-    r"^(?P<ctx>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perm>read|write|\*|c?r?u?d?s?)(?:\?(?P<q>.+))?$"
-)
-_V1 = {"read": "rs", "write": "cud", "*": "cruds"}
-
-
-def _parse(scope: str):  # noqa: ANN202
-    m = _SCOPE.match(scope)
-    if not m or not m.group("perm"):
-        return None
-    return m.group("ctx"), m.group("type"), set(_V1.get(m.group("perm"), m.group("perm"))), m.group("q")
 
 
 def scope_covered(asked: str, registered: list[str]) -> bool:
+    """Whether a registration grants ``asked``: the same string, or a registered resource scope
+    that covers it in the sense of app.auth.scopes (``patient/*.rs`` covers
+    ``patient/Observation.read``; a registered filter covers only asks that carry it too)."""
     if asked in registered:
         return True
-    a = _parse(asked)
+    try:
+        a = parse_scope(asked)
+    except ScopeError:
+        return False
     if a is None:
         return False
-    for reg in registered:
-        r = _parse(reg)
-        if r and r[0] == a[0] and r[1] in ("*", a[1]) and a[2] <= r[2] and (r[3] is None or r[3] == a[3]):
-            return True
-    return False
+    return any(r.covers(a) for r in parse_scopes(" ".join(registered)))
+
+
+def validate_registered_scope(scope: str) -> str:
+    """The scope a client is registered with, normalised; a malformed resource scope or an
+    unknown non-resource scope is refused, so a typo never registers a scope that grants nothing."""
+    parts = scope.split()
+    for part in parts:
+        sc = parse_scope(part)  # raises ScopeError (a ValueError) on a malformed resource scope
+        if sc is None and part not in OTHER_SCOPES:
+            raise ValueError(f"unknown scope {part!r}: resource scopes look like patient/Observation.rs; "
+                             f"the others are {', '.join(OTHER_SCOPES)}")
+    return " ".join(dict.fromkeys(parts))
 
 
 def narrow_scope(asked: str | None, registered: list[str]) -> str:
@@ -205,9 +209,11 @@ def add_client(
 ) -> Client:
     if not CLIENT_ID.match(client_id):
         raise ValueError("client id: letters, digits and _ . : - (1 to 255)")
-    scope = " ".join(scope.split())
+    scope = validate_registered_scope(scope)
     if not scope:
         raise ValueError("--scope must name at least one scope")
+    if kind == "backend" and any(p.startswith(("patient/", "user/")) or p in OTHER_SCOPES for p in scope.split()):
+        raise ValueError("a backend service has no user or launch: register system/ scopes only")
     redirect_uris = list(redirect_uris or [])
     for uri in redirect_uris:
         p = urlsplit(uri)
@@ -257,10 +263,15 @@ def add_client(
 def remove_client(engine: Engine, client_id: str) -> bool:
     """Remove a client and revoke every token it holds."""
     from app.auth.tables import auth_token
+    from app.auth.tokens import forget_cached_tokens, mark_revoked
 
     with unit_of_work(engine, write=True) as conn:
-        conn.execute(auth_token.update().where(auth_token.c.client_id == client_id).values(revoked=True))
+        mark_revoked(conn, auth_token.c.client_id == client_id)
         removed = conn.execute(delete(auth_client).where(auth_client.c.client_id == client_id)).rowcount > 0
+        from app.protect.clearance import forget_clearance  # a re-registered id starts with none
+
+        forget_clearance(conn, "client", client_id)
+    forget_cached_tokens()
     _origins.clear()
     return removed
 

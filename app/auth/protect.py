@@ -75,10 +75,14 @@ def check_bearer() -> None:
     from app.auth.tokens import lookup_access_token
 
     state = current_app.extensions["results_repo"]
-    grant = lookup_access_token(state.engine, raw)
+    grant = lookup_access_token(state.engine, raw, float(current_app.config.get("TOKEN_CACHE_SECONDS", 1.0)))
     if grant is None:
         raise Unauthorized(_realm(), "invalid_token", "The access token is unknown, expired or revoked.")
     g.fhir_permission = Permission.from_grant(grant, state.registry)
+    # Sensitive results: the labels this token may not see; X-Break-Glass (app/protect/enforce.py).
+    from app.protect.enforce import apply_sensitivity
+
+    apply_sensitivity(g.fhir_permission, grant)
 
 
 def apply(ctx):

@@ -35,6 +35,9 @@ V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _TYPE = re.compile(r"^(\*|[A-Z][A-Za-z]{1,63})$")
 _V2 = re.compile(r"^c?r?u?d?s?$")
 _RESOURCE_SHAPE = re.compile(r"^[A-Za-z]+/[^/\s]*\.")
+# The scopes that are not about resources, as SMART App Launch 2.x and OpenID Connect define them.
+OTHER_SCOPES = ("openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter",
+                "offline_access", "online_access")
 
 
 class ScopeError(ValueError):

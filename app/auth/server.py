@@ -41,8 +41,16 @@ from sqlalchemy.exc import IntegrityError
 
 from app.auth.clients import ASSERTION_ALGS, Client, get_client
 from app.auth.keys import ID_TOKEN_ALG
+from app.auth.scopes import is_narrower
 from app.auth.tables import auth_code, auth_jti, auth_launch, auth_token
-from app.auth.tokens import find_token, store_token, token_hash, utcnow
+from app.auth.tokens import (
+    find_token,
+    forget_cached_tokens,
+    mark_revoked,
+    store_token,
+    token_hash,
+    utcnow,
+)
 from app.auth.users import User
 from app.db.engine import unit_of_work
 
@@ -314,7 +322,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             if row is None or row.client_id != client.client_id:
                 return None
             if row.used:
-                conn.execute(update(auth_token).where(auth_token.c.grant_id == h[:32]).values(revoked=True))
+                mark_revoked(conn, auth_token.c.grant_id == h[:32])
                 return None
             taken = conn.execute(
                 update(auth_code).where(auth_code.c.code_hash == h, auth_code.c.used.is_(False)).values(used=True)
@@ -364,6 +372,13 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         if not r.username:
             return None
         return GrantUser(User(r.username, r.fhir_user or ""), r.scope, r.patient, r.encounter)
+
+    def _validate_token_scope(self, token: TokenRow) -> None:
+        """Same or narrower, in the meaning of app.auth.scopes (``patient/*.rs`` granted covers
+        ``patient/Observation.read`` asked); anything wider is ``invalid_scope``."""
+        asked = self.request.payload.scope
+        if asked and not is_narrower(asked, token.get_scope() or ""):
+            raise InvalidScopeError("The refresh may ask for the granted scopes or fewer, never more.")
 
     def revoke_old_credential(self, refresh_token: TokenRow) -> None:
         pass  # the refresh token stays valid until it expires or is revoked
@@ -445,11 +460,10 @@ class SmartRevocation(RevocationEndpoint):
     def revoke_token(self, token: TokenRow, request) -> None:  # noqa: ANN001
         with unit_of_work(engine(), write=True) as conn:
             if token.row.kind == "refresh":
-                conn.execute(update(auth_token).where(auth_token.c.grant_id == token.row.grant_id).values(revoked=True))
+                mark_revoked(conn, auth_token.c.grant_id == token.row.grant_id)
             else:
-                conn.execute(
-                    update(auth_token).where(auth_token.c.token_hash == token.row.token_hash).values(revoked=True)
-                )
+                mark_revoked(conn, auth_token.c.token_hash == token.row.token_hash)
+        forget_cached_tokens()
 
 
 def _epoch(naive_utc: datetime) -> float:
@@ -559,6 +573,8 @@ class SmartServer(AuthorizationServer):
                     **ctx,
                 )
                 token["refresh_token"] = rraw
+        # for the audit trail (app/audit/web.py): what was issued, to whom; never the token itself
+        g.audit_token = {"client_id": client.client_id, "scope": scope, "token_id": row["token_hash"][:16], **ctx}
         if ctx["patient"]:
             token["patient"] = ctx["patient"]
         if ctx["encounter"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +28,7 @@ class AccessGrant:
     patient: str | None  # launch context patient id
     encounter: str | None
     expires_at: datetime  # aware UTC
+    username: str | None = None  # the user it was issued to (app.protect reads their clearance)
 
 
 def token_hash(raw: str) -> str:
@@ -51,6 +53,7 @@ def _grant(row) -> AccessGrant:  # noqa: ANN001
         patient=row.patient,
         encounter=row.encounter,
         expires_at=row.expires_at.replace(tzinfo=UTC),
+        username=row.username,
     )
 
 
@@ -132,11 +135,56 @@ def find_token(conn: Connection, raw: str, kind: str | None = None):  # noqa: AN
     return row
 
 
-def lookup_access_token(engine: Engine, raw: str) -> AccessGrant | None:
-    """None: unknown, expired or revoked (or a refresh token)."""
+# Validated access tokens, per process, keyed by (engine, token hash): a token in use is looked
+# up in the database at most once per TOKEN_CACHE_S (config TOKEN_CACHE_SECONDS; 0 = every time;
+# docs/decisions/0013-smart-gaps.md).
+# Revocation in this process empties the cache at once; in another process (another gunicorn
+# worker, the CLI) it takes effect within TOKEN_CACHE_S. Expiry is checked on every hit.
+TOKEN_CACHE_S = 1.0
+_CACHE_MAX = 10_000
+_cache: dict[tuple[int, str], tuple[float, AccessGrant]] = {}
+
+
+def forget_cached_tokens() -> None:
+    """Empty this process's token cache (called by every revocation)."""
+    _cache.clear()
+
+
+def lookup_access_token(engine: Engine, raw: str, cache_s: float = TOKEN_CACHE_S) -> AccessGrant | None:
+    """None: unknown, expired or revoked (or a refresh token).
+
+    Runs on every FHIR request: a cache hit costs a dict lookup; a miss is one primary-key
+    SELECT, on PostgreSQL in autocommit (psycopg switches it client-side), which saves the
+    BEGIN and ROLLBACK round trips a transaction would add."""
+    if not raw or len(raw) > 512:
+        return None
+    key = (id(engine), token_hash(raw))
+    now = time.monotonic()
+    hit = _cache.get(key)
+    if hit is not None and now - hit[0] < cache_s:
+        return hit[1] if hit[1].expires_at > datetime.now(UTC) else None
     with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         row = find_token(conn, raw, "access")
-    return None if row is None else _grant(row)
+    if row is None:
+        _cache.pop(key, None)
+        return None
+    grant = _grant(row)
+    if cache_s <= 0:
+        return grant
+    if len(_cache) >= _CACHE_MAX:
+        _cache.clear()
+    _cache[key] = (now, grant)
+    return grant
+
+
+def mark_revoked(conn: Connection, where) -> int:  # noqa: ANN001
+    """``UPDATE auth_token SET revoked = true WHERE <where>``, and forget cached tokens (the
+    callers forget again once their transaction has committed)."""
+    n = conn.execute(update(auth_token).where(where).values(revoked=True)).rowcount
+    forget_cached_tokens()
+    return n
 
 
 def lookup_access_token_in(conn: Connection, raw: str) -> AccessGrant | None:
@@ -149,6 +197,7 @@ def revoke_token(engine: Engine, raw: str) -> None:
     """Revoke a token; revoking a refresh token also revokes the access tokens of its grant."""
     with unit_of_work(engine, write=True) as conn:
         revoke_in(conn, raw)
+    forget_cached_tokens()
 
 
 def revoke_in(conn: Connection, raw: str) -> bool:
@@ -157,7 +206,7 @@ def revoke_in(conn: Connection, raw: str) -> bool:
     if row is None:
         return False
     if row.kind == "refresh":
-        conn.execute(update(auth_token).where(auth_token.c.grant_id == row.grant_id).values(revoked=True))
+        mark_revoked(conn, auth_token.c.grant_id == row.grant_id)
     else:
-        conn.execute(update(auth_token).where(auth_token.c.token_hash == h).values(revoked=True))
+        mark_revoked(conn, auth_token.c.token_hash == h)
     return True

@@ -92,11 +92,17 @@ def add_user(engine: Engine, username: str, fhir_user: str, password: str) -> No
 def remove_user(engine: Engine, username: str) -> bool:
     """Remove a user; every token issued on their behalf stops working at once."""
     from app.auth.tables import auth_token
+    from app.auth.tokens import forget_cached_tokens, mark_revoked
 
     with unit_of_work(engine, write=True) as conn:
-        conn.execute(auth_token.update().where(auth_token.c.username == username).values(revoked=True))
+        mark_revoked(conn, auth_token.c.username == username)
         conn.execute(delete(auth_login_failure).where(auth_login_failure.c.username == username))
-        return conn.execute(delete(auth_user).where(auth_user.c.username == username)).rowcount > 0
+        removed = conn.execute(delete(auth_user).where(auth_user.c.username == username)).rowcount > 0
+        from app.protect.clearance import forget_clearance  # a re-added name starts with none
+
+        forget_clearance(conn, "user", username)
+    forget_cached_tokens()
+    return removed
 
 
 def list_users(engine: Engine) -> list[User]:

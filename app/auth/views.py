@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 import time
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidClientError
@@ -140,13 +140,27 @@ def _action_url() -> str:
 
 def _page(template: str, status: int = 200, **ctx) -> Response:
     html = render_template(template, csrf_token=_csrf_token(), action=_action_url(), oauth_pairs=_oauth_pairs(), **ctx)
+    # Browsers apply form-action to the redirects that follow a form post too: the consent
+    # form's answer is a redirect to the app, so the (already validated) redirect URI's origin
+    # must be allowed there, or Allow/Deny never reaches the app.
+    targets = " ".join(["'self'", *_redirect_origin()])
     headers = {
         **NO_STORE,
         "X-Frame-Options": "DENY",
-        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        "Content-Security-Policy": f"default-src 'none'; style-src 'unsafe-inline'; form-action {targets}; "
+                                   "frame-ancestors 'none'",
         "Referrer-Policy": "no-referrer",
     }
     return Response(html, status=status, mimetype="text/html", headers=headers)
+
+
+def _redirect_origin() -> list[str]:
+    """The origin of the redirect URI authlib validated for this request (none on error pages)."""
+    uri = g.get("smart_redirect_uri")
+    if not uri:
+        return []
+    p = urlsplit(uri)
+    return [f"{p.scheme}://{p.netloc}"] if p.scheme in ("http", "https") and p.netloc else []
 
 
 def _session_user():  # noqa: ANN202
@@ -166,6 +180,7 @@ def authorize() -> Response:
             return srv.handle_error_response(None, error)
         return _page("error.html", status=400, error=error.error, description=error.get_error_description())
     client = grant.request.client
+    g.smart_redirect_uri = grant.redirect_uri or client.get_default_redirect_uri()
     allowed = (grant.request.scope or "").split()
     step = request.form.get("step") if request.method == "POST" else None
 

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from app.fhir import nhs_number
 from app.fhir.errors import FhirError, Issue
 from app.fhir.jsonutil import MAX_JSON_DEPTH, too_deep
+from app.fhir.narrative import div_problems
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +93,6 @@ _MAX_STRING = 1024 * 1024  # R4: "strings SHALL NOT exceed 1MB"
 _WHITESPACE = re.compile(r"\s")
 # Narrative is rendered by apps: refuse the constructs R4 forbids in it (scripts, forms, frames,
 # objects, event attributes, javascript: URLs). A cheap screen, not a full XHTML validator.
-_XHTML_FORBIDDEN = re.compile(
-    r"<\s*/?\s*(script|style|head|body|form|input|button|iframe|frame|frameset|object|embed"
-    r"|applet|base|link|meta)\b|\son[a-z]+\s*=|javascript\s*:",
-    re.IGNORECASE,
-)
 _KIND_NAMES = {
     _STR: "a JSON string",
     _BOOL: "a JSON boolean (true/false)",
@@ -411,12 +407,12 @@ class _Walker:
                         _p(path, key, index),
                         "narrative must be a <div> in the XHTML namespace",
                     )
-                elif _XHTML_FORBIDDEN.search(value):
+                elif problems := div_problems(value):  # app/fhir/narrative.py: active content
                     self.add(
                         "value",
                         _p(path, key, index),
-                        "narrative may not contain scripts, forms, frames, objects, styles or "
-                        "event attributes",
+                        "narrative may not contain active content (scripts, forms, frames, objects, "
+                        "styles or event attributes; FHIR txt-1): " + "; ".join(problems[:5]),
                     )
                 return
         elif kind == _COMPLEX or kind == _PEXT:

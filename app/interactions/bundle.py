@@ -188,7 +188,19 @@ def _resolve_identities(ctx: FhirContext, repo: Repository, entries: list[Entry]
             seen[key] = e.index
         if e.full_url and e.target_id and e.method in ("POST", "PUT"):
             mapping[e.full_url] = f"{e.res_type}/{e.target_id}"
+        # A conditional reference with the same criteria as a conditional create/update of this
+        # transaction means that entry's resource (as HAPI does): a new patient and its results
+        # can be sent together, the results referring to it by NHS number.
+        cond = e.if_none_exist if e.method == "POST" else e.query if e.method == "PUT" and not e.res_id else None
+        if cond and e.target_id:
+            mapping.setdefault(_cond_key(e.res_type, cond.lstrip("?").split("?", 1)[-1]), f"{e.res_type}/{e.target_id}")
     return mapping
+
+
+def _cond_key(res_type: str, query: str) -> str:
+    from urllib.parse import parse_qsl
+
+    return "\x00cond:" + res_type + "?" + repr(sorted(parse_qsl(query, keep_blank_values=True)))
 
 
 def _rewrite(ctx: FhirContext, repo: Repository, e: Entry, mapping: dict[str, str], cond_cache: dict[str, str]) -> dict:
@@ -198,6 +210,9 @@ def _rewrite(ctx: FhirContext, repo: Repository, e: Entry, mapping: dict[str, st
                 return mapping[value]
             m = _COND_REF.match(value)
             if m:
+                own = mapping.get(_cond_key(m.group(1), m.group(2)))
+                if own is not None:
+                    return own
                 if value not in cond_cache:
                     ctx.check_type(m.group(1))
                     matches = find(ctx, repo.conn, m.group(1), m.group(2), letter="rs")
@@ -250,6 +265,8 @@ def _response(stored: Stored | None, status: int, ctx: FhirContext, with_locatio
 
 
 def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
+    if ctx.audit is not None:
+        ctx.audit.pending.clear()  # GET-entry reads noted by an attempt that was rolled back and retried
     with unit_of_work(ctx.engine, write=True) as conn:
         repo = ctx.repo(conn)
         entries = _parse_entries(ctx, bundle)
@@ -314,6 +331,8 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
             except FhirError as err:
                 raise _fail(e.index, err) from None
         repo.flush()
+        if ctx.audit is not None:  # one record per entry, committed with the transaction or not at all
+            ctx.audit.changed_many(conn, _audit_changes(entries, stored_by))
     out: list[bytes] = []
     for e in entries:
         content = None
@@ -325,6 +344,26 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
         entry["response"] = e.result
         out.append(entry_bytes(entry, content))
     return Result(200, bundle_bytes({"resourceType": "Bundle", "type": "transaction-response"}, out))
+
+
+def _audit_changes(entries: list[Entry], stored_by: dict[int, Stored]) -> list:
+    from app.audit.recorder import Change
+
+    out = []
+    for e in entries:
+        status = int(str(e.result.get("status", "200")).split()[0])
+        if e.method == "DELETE":
+            etag = e.result.get("etag", "")
+            version = int(etag[3:-1]) if etag.startswith('W/"') else None
+            out.append(Change("delete", e.res_type, e.target_id or "", version, None, status,
+                              None if version else "nothing to delete", e.index))
+        elif e.index in stored_by:
+            s = stored_by[e.index]
+            subtype = {"POST": "create", "PATCH": "patch"}.get(e.method) or ("create" if status == 201 else "update")
+            note = "ifNoneExist matched an existing resource; nothing was created" if e.existing else None
+            content = s.content or ({**e.resource, "id": s.res_id} if isinstance(e.resource, dict) else None)
+            out.append(Change(subtype, s.res_type, s.res_id, s.version, content, status, note, e.index))
+    return out
 
 
 class _Joined:
@@ -368,6 +407,13 @@ def _get(ctx: FhirContext, e: Entry) -> tuple[bytes | None, dict]:
         from app.interactions.search import search_type
 
         r = search_type(ctx, e.res_type, _qs(e.query), strict=False)
+    if ctx.audit is not None:
+        subtype = ("vread" if e.version else "read") if e.res_id and not e.history else (
+            ("history-instance" if e.res_id else "history-type") if e.history else "search-type")
+        entity = f"{e.res_type}/{e.res_id}" + (f"/_history/{e.version}" if e.version else "") if e.res_id else None
+        ctx.audit.entry = e.index
+        ctx.audit.accessed(subtype, e.res_type, entity, e.query, r.body)
+        ctx.audit.entry = None
     resp = {"status": "200 OK"}
     if "ETag" in r.headers:
         resp["etag"] = r.headers["ETag"]
@@ -390,7 +436,12 @@ def batch(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
         if e.method == "INVALID":
             entry["response"] = e.result
             out.append(entry_bytes(entry, None))
+            if ctx.audit is not None:
+                ctx.audit.entry = e.index
+                ctx.audit.entry_failed("INVALID", "", int(e.result.get("status", 400)))
             continue
+        if ctx.audit is not None:
+            ctx.audit.entry = e.index
         try:
             r = _run_single(ctx, e)
             entry["response"] = {"status": {200: "200 OK", 201: "201 Created", 204: "204 No Content"}.get(r.status, str(r.status))}
@@ -406,12 +457,18 @@ def batch(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
                 content = r.resource
         except FhirError as err:
             entry["response"] = {"status": str(err.status), "outcome": err.outcome()}
+            if ctx.audit is not None:
+                ctx.audit.entry_failed(e.method, e.url, err.status, err.code)
         except Exception:  # noqa: BLE001 - one entry's failure must not sink the batch
             entry["response"] = {
                 "status": "500",
                 "outcome": operation_outcome([Issue("exception", "This entry failed with an internal error.")]),
             }
+            if ctx.audit is not None:
+                ctx.audit.entry_failed(e.method, e.url, 500)
         out.append(entry_bytes(entry, content))
+    if ctx.audit is not None:
+        ctx.audit.entry = None
     return Result(200, bundle_bytes({"resourceType": "Bundle", "type": "batch-response"}, out))
 
 
@@ -434,8 +491,12 @@ def process(ctx: FhirContext, body: object, representation: bool = False) -> Res
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise FhirError(400, "invalid", "POST to the base URL takes a Bundle of type batch or transaction.")
     kind = body.get("type")
+    if ctx.audit is not None and kind in ("batch", "transaction"):
+        ctx.audit.bundle_type = kind
     if kind == "transaction":
-        return transaction(ctx, body, representation)
+        from app.identity.retry import retry_identity  # conditional entries that lost a race
+
+        return retry_identity(lambda: transaction(ctx, body, representation))
     if kind == "batch":
         return batch(ctx, body, representation)
     raise FhirError(400, "invalid", f"Bundle.type must be 'batch' or 'transaction' here, not {str(kind)[:40]!r}.", ["Bundle.type"])

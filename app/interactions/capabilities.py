@@ -74,7 +74,15 @@ def capability_statement(ctx: FhirContext, config) -> dict:
         }
         if t in BULK_OPERATIONS:  # Bulk Data $export (app/bulk)
             res["operation"] = [BULK_OPERATIONS[t]]
+        if t == "Patient":  # $match, $merge, $unmerge, $correct-nhs-number (app/identity)
+            from app.identity.operations import CAPABILITY_OPERATIONS
+
+            res["operation"] = [*res.get("operation", []), *CAPABILITY_OPERATIONS]
         resources.append(res)
+    from app.audit.query import capability as audit_capability  # the read-only audit trail
+
+    resources.append(audit_capability())
+    resources.sort(key=lambda r: r["type"])
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

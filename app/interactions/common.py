@@ -29,6 +29,8 @@ def validated(ctx: FhirContext, body: object, expected_type: str) -> dict:
             400, "invalid", f"The body is a {rt[:64]} but the URL names {expected_type}.", ["resourceType"]
         )
     validate_resource(body, expected_type)
+    if ctx.labeller is not None:  # the operator's labels for sensitive codes, before storage
+        ctx.labeller(body)
     return body
 
 

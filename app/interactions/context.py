@@ -43,9 +43,16 @@ class FhirContext:
     caller: str = "anonymous"
     # Operators' debug switch: searches report their SQL (config SEARCH_DEBUG_SQL).
     debug_sql: bool = False
+    # Each search statement may run this long (ms, 0 = no limit; config SEARCH_TIMEOUT_MS).
+    search_timeout_ms: int = 0
     # What the caller's access token allows (app.auth.permission.Permission); None = open
     # (AUTH_REQUIRED=false without a token, CLI, loader, workers).
     permission: Any = None
+    # The request's audit recorder (app.audit.recorder.Recorder); None = not audited (CLI, loader,
+    # workers, AUDIT_ENABLED=false).  Changes are recorded on their own transaction through it.
+    audit: Any = None
+    # Adds the operator's security labels to an incoming resource (app.protect.policy); None = none.
+    labeller: Any = None
 
     def index_fn(self):
         from app.indexing.extract import extract
@@ -72,8 +79,11 @@ class FhirContext:
 
 def from_app(app, base_url: str | None = None) -> FhirContext:
     """A context for work outside a request (CLI, loader, workers). ``app`` is the Flask app."""
+    from app.protect.policy import policy_of
+
     state = app.extensions["results_repo"]
     cfg = app.config
+    policy = policy_of(app)
     base = base_url or cfg.get("PUBLIC_BASE_URL") or "http://localhost:8080/fhir"
     return FhirContext(
         engine=state.engine,
@@ -86,4 +96,6 @@ def from_app(app, base_url: str | None = None) -> FhirContext:
         default_page_size=cfg["DEFAULT_PAGE_SIZE"],
         max_page_size=cfg["MAX_PAGE_SIZE"],
         debug_sql=bool(cfg.get("SEARCH_DEBUG_SQL", False)),
+        search_timeout_ms=int(cfg.get("SEARCH_TIMEOUT_MS", 0) or 0),
+        labeller=policy.label if policy.rules else None,
     )

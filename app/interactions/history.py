@@ -7,12 +7,18 @@ from urllib.parse import urlencode
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from app.auth.permission import guard_history_list, guard_read, guard_versions
+from app.auth.permission import (
+    guard_history_list,
+    guard_read,
+    guard_versions,
+    history_version_filter,
+)
 from app.db import unit_of_work
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
 from app.fhir.jsonutil import instant, parse_instant
 from app.interactions.context import FhirContext, Result
+from app.protect.labels import bundle_label
 
 
 def _serializer(ctx: FhirContext) -> URLSafeSerializer:
@@ -55,10 +61,12 @@ def history(ctx: FhirContext, res_type: str | None, res_id: str | None, args: di
             guard_read(ctx, conn, res_type, res_id, head.rid if head is not None else None)
         if res_id is not None and head is None:
             raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
-        rows = repo.history(res_type, res_id, since, before, count + 1)
+        hide = history_version_filter(ctx) if res_id is None else None
+        rows = repo.history(res_type, res_id, since, before, count + 1, hide)
         if res_id is not None:
             guard_versions(ctx, res_type, res_id, [r.content for r in rows[:count]])
-        total = repo.count_history(res_type, res_id, since) if before is None and count > 0 else None
+        # No total under withholding: counting would read every version's JSON (the text test).
+        total = repo.count_history(res_type, res_id, since) if before is None and count > 0 and hide is None else None
     more = len(rows) > count
     rows = rows[:count]
     path = "/".join(p for p in (res_type, res_id) if p) + ("/_history" if res_type else "_history")
@@ -87,7 +95,11 @@ def history(ctx: FhirContext, res_type: str | None, res_id: str | None, args: di
             "lastModified": instant(r.last_updated),
         }
         entries.append(entry_bytes(entry, r.content))
-    envelope: dict = {"resourceType": "Bundle", "type": "history"}
+    envelope: dict = {"resourceType": "Bundle"}
+    label = bundle_label(r.content for r in rows)
+    if label is not None:
+        envelope["meta"] = {"security": [label]}
+    envelope["type"] = "history"
     if total is not None:
         envelope["total"] = total
     envelope["link"] = links

@@ -28,7 +28,8 @@ def read(ctx: FhirContext, res_type: str, res_id: str) -> Result:
     ctx.check_id(res_id)
     with unit_of_work(ctx.engine) as conn:
         stored = ctx.repo(conn).read(res_type, res_id)
-        guard_read(ctx, conn, res_type, res_id, stored.rid if stored else None)
+        guard_read(ctx, conn, res_type, res_id, stored.rid if stored else None,
+                   current=stored.content if stored is not None and not stored.deleted else None)
     if stored is None:
         raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
     return _answer(stored)

@@ -42,6 +42,18 @@ def _result(ctx: FhirContext, stored: Stored, status: int, diagnostics: str) -> 
     )
 
 
+def _audit(ctx: FhirContext, conn: Connection, subtype: str, stored: Stored | None, status: int,
+           res_type: str, res_id: str | None, note: str | None = None) -> None:
+    """Record the change on its own transaction, before it commits (app/audit/recorder.py)."""
+    if ctx.audit is None:
+        return
+    if stored is None:
+        ctx.audit.changed(conn, subtype, res_type, res_id or "", None, None, status, note=note)
+    else:
+        ctx.audit.changed(conn, subtype, stored.res_type, stored.res_id, stored.version, stored.content, status,
+                          note=note)
+
+
 # ---- create ---------------------------------------------------------------------------------
 def create_in(
     ctx: FhirContext,
@@ -71,12 +83,22 @@ def create_in(
 def create(ctx: FhirContext, res_type: str, body: object, if_none_exist: str | None) -> Result:
     ctx.check_type(res_type)
     body = validated(ctx, body, res_type)
+    if if_none_exist:  # a lost race on a Patient identifier: the retry matches the winner
+        from app.identity.retry import retry_identity
+
+        return retry_identity(lambda: _create(ctx, res_type, body, if_none_exist))
+    return _create(ctx, res_type, body, if_none_exist)
+
+
+def _create(ctx: FhirContext, res_type: str, body: dict, if_none_exist: str | None) -> Result:
     with unit_of_work(ctx.engine, write=True) as conn:
         repo = ctx.repo(conn)
         stored, status = create_in(ctx, repo, res_type, body, if_none_exist)
         if status == 201:
             check_references(repo, [(f"{res_type}", body)])
             repo.flush()
+        _audit(ctx, conn, "create", stored, status, res_type, None,
+               None if status == 201 else "If-None-Exist matched an existing resource; nothing was created")
     msg = "Created." if status == 201 else "A matching resource exists (If-None-Exist); nothing was created."
     return _result(ctx, stored, status, msg)
 
@@ -102,6 +124,11 @@ def update_in(
     if if_match is not None and (head is None or head.version != if_match):
         current = "does not exist" if head is None else f"is at version {head.version}"
         raise FhirError(412, "conflict", f"If-Match asked for version {if_match} but {res_type}/{res_id} {current}.")
+    if res_type == "Patient" and head is not None and not head.deleted:
+        from app.identity.rules import patient_update  # identifiers kept, NHS number rail
+
+        stored_now = repo.read(res_type, res_id)
+        body = patient_update(repo.conn, stored_now.content if stored_now else None, res_id, body, method)
     try:
         if head is None:
             stored, status = repo.create(body, res_id=res_id, method=method), 201
@@ -132,6 +159,7 @@ def update(ctx: FhirContext, res_type: str, res_id: str, body: object, if_match:
         stored, status = update_in(ctx, repo, res_type, res_id, body, if_match)
         check_references(repo, [(res_type, body)])
         repo.flush()
+        _audit(ctx, conn, "create" if status == 201 else "update", stored, status, res_type, res_id)
     return _result(ctx, stored, status, "Created." if status == 201 else "Updated.")
 
 
@@ -154,6 +182,13 @@ def conditional_update(ctx: FhirContext, res_type: str, query: str, body: object
     body_id = body.get("id")
     if body_id is not None:
         ctx.check_id(str(body_id))
+    from app.identity.retry import retry_identity  # a lost race on a Patient identifier
+
+    return retry_identity(lambda: _conditional_update(ctx, res_type, query, body, body_id, if_match))
+
+
+def _conditional_update(ctx: FhirContext, res_type: str, query: str, body: dict, body_id: str | None,
+                        if_match: int | None) -> Result:
     with unit_of_work(ctx.engine, write=True) as conn:
         repo = ctx.repo(conn)
         target = resolve_conditional(ctx, conn, res_type, query, body_id)
@@ -166,6 +201,7 @@ def conditional_update(ctx: FhirContext, res_type: str, query: str, body: object
             stored, status = update_in(ctx, repo, res_type, target, {**body, "id": target}, if_match)
         check_references(repo, [(res_type, body)])
         repo.flush()
+        _audit(ctx, conn, "create" if status == 201 else "update", stored, status, res_type, None)
     return _result(ctx, stored, status, "Created." if status == 201 else "Updated.")
 
 
@@ -192,7 +228,15 @@ def patch_in(ctx: FhirContext, repo: Repository, res_type: str, res_id: str, pat
     if if_match is not None and current.version != if_match:
         raise FhirError(412, "conflict", f"If-Match asked for version {if_match} but {res_type}/{res_id} is at version {current.version}.")
     body = validated(ctx, apply_patch(current, patch), res_type)
-    stored, _ = update_in(ctx, repo, res_type, res_id, body, current.version, method="PATCH")
+    try:
+        stored, _ = update_in(ctx, repo, res_type, res_id, body, current.version, method="PATCH")
+    except FhirError as exc:
+        if if_match is None and exc.status == 412:
+            # The version the patch was applied to moved on meanwhile. The client set no
+            # precondition, so this is a conflict to retry (409), not a failed If-Match (412).
+            raise FhirError(409, "conflict", f"{res_type}/{res_id} was changed while the patch was being "
+                                             "applied; nothing was changed, send the patch again.") from None
+        raise
     return stored, 200, body
 
 
@@ -209,6 +253,7 @@ def patch(ctx: FhirContext, res_type: str, res_id: str | None, query: str | None
         stored, status, body = patch_in(ctx, repo, res_type, res_id, patch_doc, if_match)
         check_references(repo, [(res_type, body)])
         repo.flush()
+        _audit(ctx, conn, "patch", stored, status, res_type, res_id)
     return _result(ctx, stored, status, "Patched.")
 
 
@@ -265,6 +310,8 @@ def delete(ctx: FhirContext, res_type: str, res_id: str | None, query: str | Non
         ctx.check_id(res_id)
         stored = delete_in(ctx, repo, res_type, res_id, if_match)
         repo.flush()
+        _audit(ctx, conn, "delete", stored, 204, res_type, res_id,
+               "already deleted; nothing changed" if stored is None else None)
     if stored is None:
         return Result(204, outcome=_outcome(f"{res_type}/{res_id} was already deleted."))
     return Result(204, headers={"ETag": stored.etag}, outcome=_outcome(f"Deleted {res_type}/{res_id}."))

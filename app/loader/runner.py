@@ -148,6 +148,10 @@ def run_unit(ctx: FhirContext, prepared: Prepared) -> UnitOutcome:
             if err.status == 422 and err.code == "business-rule":
                 out.status, out.reason, out.prepared = "deferred", err.diagnostics, prepared
                 return out
+            if err.status == 409 and err.code == "duplicate":
+                # an identifier another Patient holds (app/identity): retrying cannot help
+                out.status, out.reason = "failed", f"{err.status} {err.code}: {err.diagnostics}"
+                return out
             if err.status == 409 and attempt < _IMMEDIATE_RETRIES:
                 _backoff(attempt)
                 continue

@@ -1,9 +1,10 @@
-"""Keyset paging: opaque signed cursors and the "rows after/before this one" predicate.
+"""Keyset paging: opaque sealed cursors and the "rows after/before this one" predicate.
 
 A cursor holds the sort-key values and ``rid`` of the last (``next``) or first (``previous``)
 row of a page, the paging direction, a digest of the query and the caller it was issued to; it
-is signed with the server's secret (itsdangerous), so a tampered cursor, one from another query
-or another caller is a 400.  No OFFSET anywhere: page 500 is the same index probe plus top-N
+is sealed with the server's secret (AES-GCM, app/fhir/sealed.py: unreadable, since sort keys
+can be patient data, and authenticated), so a tampered cursor, one from another query or
+another caller is a 400.  No OFFSET anywhere: page 500 is the same index probe plus top-N
 as page 1, and rows inserted meanwhile never shift the pages already served.
 
 Order: each key ascending or descending with NULLs (no value) last in both directions, then
@@ -15,13 +16,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
-from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import ColumnElement, and_, false, or_
 
 from app.fhir.errors import FhirError
+from app.fhir.sealed import seal, unseal
 from app.search.sort import SortKey
 
 
@@ -36,12 +36,6 @@ def query_digest(path: str, params: list[tuple[str, str]]) -> str:
     """What a cursor is bound to: the search path and its effective (sorted) parameters."""
     text = path + "?" + "&".join(f"{k}={v}" for k, v in sorted(params))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-@lru_cache(maxsize=8)
-def _serializer(secret: str) -> URLSafeSerializer:
-    """One per secret: building it derives the signing key (a few HMACs) on every call."""
-    return URLSafeSerializer(secret, salt="search-cursor-v2")
 
 
 def _enc(v: Any) -> Any:
@@ -61,16 +55,16 @@ def _dec(v: Any, kind: str) -> Any:
 
 
 def encode_cursor(secret: str, caller: str, digest: str, cur: Cursor) -> str:
-    return _serializer(secret).dumps(
-        {"q": digest, "c": caller, "d": cur.direction, "k": [_enc(v) for v in cur.values], "r": int(cur.rid)}
-    )
+    # Sealed (encrypted), not just signed: the sort-key values may be patient data (app/fhir/sealed.py).
+    return seal(secret, "search-cursor-v3",
+                {"q": digest, "c": caller, "d": cur.direction, "k": [_enc(v) for v in cur.values], "r": int(cur.rid)})
 
 
 def decode_cursor(secret: str, caller: str, digest: str, token: str, keys: list[SortKey]) -> Cursor:
     bad = FhirError(400, "invalid", "The paging cursor is not valid; start again from the first page.", ["_cursor"])
     try:
-        data = _serializer(secret).loads(token)
-    except BadSignature:
+        data = unseal(secret, "search-cursor-v3", token)
+    except ValueError:
         raise bad from None
     if not isinstance(data, dict):
         raise bad

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import (
@@ -421,6 +421,40 @@ class Repository:
         self._buffer_index(head.rid, res_type, stamped, links, replace=True)
         return Stored(head.rid, res_type, res_id, version, when, False, content, method)
 
+    def update_many(self, items: list[tuple[Head, dict, str]], method: str = "PUT") -> list[Stored]:
+        """A new version of each (head, body, id), set-based: a merge re-points every result of
+        a patient at once. Version rows wait for ``flush()`` (COPY on PostgreSQL), the current rows
+        move on in one executemany guarded by the expected versions, and the index changes are
+        applied in ``flush()`` as for ``update``."""
+        out: list[Stored] = []
+        params: list[dict] = []
+        for head, body, res_id in items:
+            res_type = body["resourceType"]
+            self._heads.pop((res_type, res_id), None)
+            version = head.version + 1
+            when = utcnow()
+            if when <= head.last_updated:
+                when = head.last_updated + timedelta(milliseconds=1)
+            stamped = stamp(body, res_id, version, when)
+            content = orjson.dumps(stamped).decode()
+            links = self._remember_links(body)
+            self._versions.append((head.rid, version, res_type, res_id, when, method, False, content))
+            params.append({"b_rid": head.rid, "b_old": head.version, "b_version": version, "b_when": when,
+                           "b_hash": content_hash(body)})
+            self._buffer_index(head.rid, res_type, stamped, links, replace=True)
+            out.append(Stored(head.rid, res_type, res_id, version, when, False, content, method))
+        if params:
+            res = self.conn.execute(
+                update(resource)
+                .where(resource.c.rid == bindparam("b_rid"), resource.c.version == bindparam("b_old"))
+                .values(version=bindparam("b_version"), last_updated=bindparam("b_when"), deleted=False,
+                        content_hash=bindparam("b_hash")),
+                params,
+            )
+            if self.conn.dialect.supports_sane_multi_rowcount and res.rowcount != len(params):
+                raise VersionConflict(f"{len(params) - res.rowcount} of {len(params)} resources were changed concurrently")
+        return out
+
     def delete(self, head: Head, res_type: str, res_id: str) -> Stored:
         self._heads.pop((res_type, res_id), None)
         version = head.version + 1
@@ -564,7 +598,18 @@ class Repository:
             rows_by_kind, self._rows = self._rows, {}
             for kind, rows in rows_by_kind.items():
                 table = INDEX_TABLES[kind]
-                self._write(table, ("rid", "res_type", *_INDEX_COLUMNS[kind]), rows)
+                if kind != "token":
+                    self._write(table, ("rid", "res_type", *_INDEX_COLUMNS[kind]), rows)
+                    continue
+                # Patient identifiers are unique (app.identity): a clear 409 before the write,
+                # the unique index as referee between concurrent writers.
+                from app.identity import keys as identity_keys
+
+                identity_keys.check_rows(self.conn, rows)
+                try:
+                    self._write(table, ("rid", "res_type", *_INDEX_COLUMNS[kind]), rows)
+                except IntegrityError as exc:
+                    raise identity_keys.after_violation(self.conn, rows) from exc
         if self._links:
             links, self._links = self._links, []
             self._write(ref_link, _LINK_COLUMNS, links)
@@ -617,8 +662,10 @@ class Repository:
         since: datetime | None,
         before: tuple[datetime, int, int] | None,
         count: int,
+        extra: Any = None,
     ) -> list[Stored]:
-        """Versions newest first; ``before`` is the keyset cursor (last_updated, rid, version)."""
+        """Versions newest first; ``before`` is the keyset cursor (last_updated, rid, version).
+        ``extra``: ``(resource_version) -> condition`` hiding versions (sensitive labels)."""
         self.flush()
         rv = resource_version
         q = select(rv.c.rid, rv.c.res_type, rv.c.res_id, rv.c.version, rv.c.last_updated, rv.c.deleted, rv.c.content, rv.c.method)
@@ -635,6 +682,8 @@ class Repository:
             q = q.where(rv.c.last_updated >= since)
         if before is not None:
             q = q.where(tuple_(rv.c.last_updated, rv.c.rid, rv.c.version) < tuple_(*before))
+        if extra is not None:
+            q = q.where(extra(rv))
         q = q.order_by(rv.c.last_updated.desc(), rv.c.rid.desc(), rv.c.version.desc()).limit(count)
         return [Stored(*r) for r in self.conn.execute(q).all()]
 

@@ -173,3 +173,6 @@ INDEX_TABLES: dict[str, Table] = {
 # Tables other packages declare on this metadata (so Alembic and the schema tests see them all).
 from app.auth import tables as _auth_tables  # noqa: E402,F401,I001
 from app.bulk import tables as _bulk_tables  # noqa: E402,F401
+from app.identity import tables as _identity_tables  # noqa: E402,F401
+from app.audit import tables as _audit_tables  # noqa: E402,F401
+from app.protect import tables as _protect_tables  # noqa: E402,F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -131,6 +132,7 @@ def test_paging_is_stable_while_new_resources_arrive(http, base):
         create(http, base, _patient(run, i, f"N{i:02d}", f"19{50 + i}-01-01"))["id"]
         for i in range(9)
     ]
+    newcomers = itertools.count()
     for sort in ("family", "-birthdate", ""):
         seen: list[str] = []
         params = {"_tag": f"{TAG}|{run}", "_count": "2"}
@@ -143,7 +145,8 @@ def test_paging_is_stable_while_new_resources_arrive(http, base):
             create(
                 http,
                 base,
-                _patient(run, 100, "A-first" if len(seen) % 4 else "Z-last", "2099-01-01"),
+                # (a new identifier each time: a Patient identifier belongs to one Patient only)
+                _patient(run, 100 + next(newcomers), "A-first" if len(seen) % 4 else "Z-last", "2099-01-01"),
             )
             nxt = [link["url"] for link in r["link"] if link["relation"] == "next"]
             if not nxt:
