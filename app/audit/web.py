@@ -41,6 +41,8 @@ _SIMPLE = {"fhir.read": "read", "fhir.vread": "vread", "fhir.audit_read": "read"
 _EXPORT = {"fhir.bulk_export_system": "export", "fhir.bulk_export_patient": "export",
            "fhir.bulk_export_group": "export", "fhir.bulk_file": "export-download"}
 # form fields of a token request that may be recorded (never codes, verifiers, secrets, assertions)
+_IDENTITY_OPS = {"fhir.patient_merge": "merge", "fhir.patient_unmerge": "unmerge",
+                 "fhir.patient_correct_nhs_number": "correct-nhs-number"}
 _TOKEN_FIELDS = ("grant_type", "scope", "client_id", "redirect_uri", "client_assertion_type")
 _PATIENT_PARAMS = ("patient", "subject", "subject:Patient", "_id")
 
@@ -206,6 +208,10 @@ def _request_record(rec: Recorder, ep: str, resp: Response) -> AuditRecord:
         patients |= patients_in(body)
         return _event(rec, subtype, status, res_type=res_type, entity=entity, query=query, detail=detail,
                       patients=patients)
+    if ep in _IDENTITY_OPS:  # $merge, $unmerge, $correct-nhs-number: the Patients they name
+        entity = f"Patient/{args['res_id']}" if args.get("res_id") else None
+        return _event(rec, _IDENTITY_OPS[ep], status, res_type="Patient", entity=entity,
+                      detail=detail, patients=patients | patients_in(body) | patients_in(request.get_data()))
     # anything else under /fhir (an unknown URL, a method not allowed)
     return _event(rec, "operation", status, query=request.full_path[:2000], detail=detail)
 

@@ -289,3 +289,14 @@ def test_chained_merges_widen_searches_transitively(server, http, pair):
         assert r.status_code == 200, r.text
     got = _get(http, f"{base}/Observation", subject=f"Patient/{b}")
     assert sorted(e["resource"]["id"] for e in got["entry"]) == sorted(pair["b_obs"])
+
+
+def test_merge_is_audited_with_both_patients(server, http, pair):
+    base, a, b = server.base, pair["a"], pair["b"]
+    r = http.post(f"{base}/Patient/$merge", json=merge_body(b, a), headers=hdr())
+    assert r.status_code == 200, r.text
+    found = _get(http, f"{base}/AuditEvent", patient=b, subtype="merge")
+    events = [e["resource"] for e in found.get("entry", [])]
+    assert len(events) == 1, found
+    refs = {d["what"]["reference"] for d in events[0]["entity"] if "what" in d and "reference" in d["what"]}
+    assert {f"Patient/{a}", f"Patient/{b}"} <= refs
