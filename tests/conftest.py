@@ -8,7 +8,6 @@ points at the PostgreSQL server (default the local trust-auth one).
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,19 +66,7 @@ def app(database_url):
     application.extensions["results_repo"].engine.dispose()
 
 
-class LiveServer:
-    def __init__(self, app) -> None:
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.base = f"{self.url}/fhir"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(5)
+from livehttp import LiveServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from livehttp import LiveServer  # noqa: F401  (re-exported for the API tests)
+
 FHIR_JSON = "application/fhir+json"
 SYS = "urn:test:mrn"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -117,20 +119,3 @@ def all_pages(http, url: str, params: dict | None = None) -> list[dict]:
         r = http.get(nxt[0])
 
 
-class LiveServer:
-    """An extra app on a real socket (for tests that need a differently configured app)."""
-
-    def __init__(self, app) -> None:
-        import threading
-
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.base = f"{self.url}/fhir"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(5)

@@ -4,7 +4,6 @@ with bulk export files in a temporary folder and the in-process export worker of
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,19 +34,7 @@ def audit_app(database_url, tmp_path_factory):
     application.extensions["results_repo"].engine.dispose()
 
 
-class _Live:
-    def __init__(self, app) -> None:  # noqa: ANN001
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.base = f"{self.url}/fhir"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(5)
+from livehttp import LiveServer as _Live  # noqa: E402
 
 
 @pytest.fixture(scope="module")

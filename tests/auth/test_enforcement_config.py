@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 import orjson
@@ -14,18 +13,7 @@ import config
 FHIR_JSON = "application/fhir+json"
 
 
-class LiveServer:
-    def __init__(self, app) -> None:
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.base = f"http://127.0.0.1:{self.server.server_port}/fhir"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(5)
+from livehttp import LiveServer  # noqa: E402
 
 
 def test_default_is_on_and_environment_can_turn_it_off() -> None:

@@ -4,12 +4,12 @@ real tokens (the token store, and the authorization-code flow for users), FHIR c
 from __future__ import annotations
 
 import sys
-import threading
 import uuid
 from pathlib import Path
 
 import orjson
 import requests
+from livehttp import LiveServer  # noqa: F401  (re-exported)
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "auth"))
 
@@ -29,19 +29,6 @@ SENSITIVE_CODES = {
 }
 
 
-class LiveServer:
-    def __init__(self, app) -> None:  # noqa: ANN001
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.base = f"{self.url}/fhir"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(5)
 
 
 def uid(prefix: str = "") -> str:

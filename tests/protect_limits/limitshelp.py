@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 
+from livehttp import LiveServer as Live  # noqa: F401  (re-exported)
 from sqlalchemy import func, select
 
 FHIR_JSON = "application/fhir+json"
@@ -42,21 +42,6 @@ def row_counts(app) -> dict[str, int]:
                 "version": c.execute(select(func.count()).select_from(resource_version)).scalar_one()}
 
 
-class Live:
-    """An app on a real socket (werkzeug, threaded), optionally with a given request handler."""
-
-    def __init__(self, app, handler=None) -> None:  # noqa: ANN001
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.base = f"{self.url}/fhir"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(5)
 
 
 def make_app(database_url: str, **config):  # noqa: ANN201
