@@ -64,9 +64,10 @@ class Config:
     # Every FHIR request needs a SMART access token (metadata and .well-known stay open).
     # False is an explicit open demo (``results-repo run --open``), refused in production.
     AUTH_REQUIRED: bool = True
-    # Seconds a worker process reuses a validated access token before looking it up again; a
-    # revocation in another process takes effect within this time (0 = look up every request).
-    TOKEN_CACHE_SECONDS: float = 1.0
+    # Seconds a worker process may reuse a validated access token before looking it up again
+    # (0 = look up every request). Revocation is immediate regardless: on PostgreSQL every
+    # process is notified (app/auth/invalidation.py); on SQLite tokens are not cached.
+    TOKEN_CACHE_SECONDS: float = 60.0
     # Record an AuditEvent for every FHIR and token request (app/audit); off only to measure
     # what auditing costs (AUDIT_ENABLED=false in bench/search_bench.py's environment).
     AUDIT_ENABLED: bool = True
@@ -80,8 +81,9 @@ class Config:
     # Labels added on arrival: {"system|code": ["HIV", "R"]}, and/or a JSON file of that mapping.
     SENSITIVE_CODES: dict | None = None
     SENSITIVE_CODES_FILE: str | None = None
-    # Seconds a client's/user's clearance is cached per worker (0 = read it on every request).
-    CLEARANCE_CACHE_SECONDS: float = 10
+    # Seconds a client's/user's clearance may be cached per worker (0 = read it on every
+    # request); a change is seen at once in every process, as for tokens.
+    CLEARANCE_CACHE_SECONDS: float = 60
 
 
 class DevelopmentConfig(Config):

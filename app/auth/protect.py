@@ -75,7 +75,7 @@ def check_bearer() -> None:
     from app.auth.tokens import lookup_access_token
 
     state = current_app.extensions["results_repo"]
-    grant = lookup_access_token(state.engine, raw, float(current_app.config.get("TOKEN_CACHE_SECONDS", 1.0)))
+    grant = lookup_access_token(state.engine, raw, float(current_app.config.get("TOKEN_CACHE_SECONDS", 60.0)))
     if grant is None:
         raise Unauthorized(_realm(), "invalid_token", "The access token is unknown, expired or revoked.")
     g.fhir_permission = Permission.from_grant(grant, state.registry)

@@ -317,18 +317,23 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             return None
         h = token_hash(code)
         now = utcnow()
+        replayed = False
         with unit_of_work(engine(), write=True) as conn:
             row = conn.execute(select(auth_code).where(auth_code.c.code_hash == h)).first()
             if row is None or row.client_id != client.client_id:
                 return None
             if row.used:
                 mark_revoked(conn, auth_token.c.grant_id == h[:32])
-                return None
-            taken = conn.execute(
-                update(auth_code).where(auth_code.c.code_hash == h, auth_code.c.used.is_(False)).values(used=True)
-            ).rowcount
-            if taken != 1 or row.expires_at <= now:
-                return None
+                replayed = True
+            else:
+                taken = conn.execute(
+                    update(auth_code).where(auth_code.c.code_hash == h, auth_code.c.used.is_(False)).values(used=True)
+                ).rowcount
+                if taken != 1 or row.expires_at <= now:
+                    return None
+        if replayed:
+            forget_cached_tokens()  # committed: every process has dropped the revoked tokens
+            return None
         return CodeRow(
             code_hash=h,
             client_id=row.client_id,

@@ -2,7 +2,8 @@
 
 This is the interface the FHIR API's enforcement uses: ``lookup_access_token`` turns the raw
 Bearer value into an :class:`AccessGrant` with one primary-key lookup, or ``None`` when the token
-is unknown, expired or revoked. Revocation is a row update, so it takes effect at once.
+is unknown, expired or revoked. Revocation is a row update plus a notification to every
+process's cache (app.auth.invalidation), so it takes effect at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, select, update
 
+from app.auth import invalidation
 from app.auth.tables import auth_token
 from app.db.engine import unit_of_work
 
@@ -136,32 +138,36 @@ def find_token(conn: Connection, raw: str, kind: str | None = None):  # noqa: AN
 
 
 # Validated access tokens, per process, keyed by (engine, token hash): a token in use is looked
-# up in the database at most once per TOKEN_CACHE_S (config TOKEN_CACHE_SECONDS; 0 = every time;
-# docs/decisions/0013-smart-gaps.md).
-# Revocation in this process empties the cache at once; in another process (another gunicorn
-# worker, the CLI) it takes effect within TOKEN_CACHE_S. Expiry is checked on every hit.
-TOKEN_CACHE_S = 1.0
+# up in the database at most once per TOKEN_CACHE_S (config TOKEN_CACHE_SECONDS; 0 = every
+# time). An entry is used only while app.auth.invalidation says nothing has been revoked since
+# it was read, in any process (PostgreSQL NOTIFY; SQLite: never cached), so a revocation
+# anywhere takes effect at once (docs/decisions/0013-smart-gaps.md). Expiry is checked on
+# every hit.
+TOKEN_CACHE_S = 60.0
 _CACHE_MAX = 10_000
-_cache: dict[tuple[int, str], tuple[float, AccessGrant]] = {}
+_cache: dict[tuple[int, str], tuple[float, AccessGrant, int]] = {}
 
 
 def forget_cached_tokens() -> None:
-    """Empty this process's token cache (called by every revocation)."""
+    """After a revocation has committed: empty this process's token cache and wait until the
+    other processes have been told (app.auth.invalidation.settle)."""
     _cache.clear()
+    invalidation.settle()
 
 
 def lookup_access_token(engine: Engine, raw: str, cache_s: float = TOKEN_CACHE_S) -> AccessGrant | None:
     """None: unknown, expired or revoked (or a refresh token).
 
-    Runs on every FHIR request: a cache hit costs a dict lookup; a miss is one primary-key
-    SELECT, on PostgreSQL in autocommit (psycopg switches it client-side), which saves the
-    BEGIN and ROLLBACK round trips a transaction would add."""
+    Runs on every FHIR request: a trusted cache hit costs a dict lookup and a zero-timeout
+    poll; a miss is one primary-key SELECT, on PostgreSQL in autocommit (psycopg switches it
+    client-side), which saves the BEGIN and ROLLBACK round trips a transaction would add."""
     if not raw or len(raw) > 512:
         return None
     key = (id(engine), token_hash(raw))
     now = time.monotonic()
+    listener, generation = invalidation.generation_of(engine) if cache_s > 0 else (None, -1)
     hit = _cache.get(key)
-    if hit is not None and now - hit[0] < cache_s:
+    if hit is not None and listener is not None and now - hit[0] < cache_s and listener.trusted(hit[2]):
         return hit[1] if hit[1].expires_at > datetime.now(UTC) else None
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
@@ -171,11 +177,11 @@ def lookup_access_token(engine: Engine, raw: str, cache_s: float = TOKEN_CACHE_S
         _cache.pop(key, None)
         return None
     grant = _grant(row)
-    if cache_s <= 0:
+    if listener is None:
         return grant
     if len(_cache) >= _CACHE_MAX:
         _cache.clear()
-    _cache[key] = (now, grant)
+    _cache[key] = (now, grant, generation)  # the generation from *before* the lookup
     return grant
 
 
@@ -183,7 +189,8 @@ def mark_revoked(conn: Connection, where) -> int:  # noqa: ANN001
     """``UPDATE auth_token SET revoked = true WHERE <where>``, and forget cached tokens (the
     callers forget again once their transaction has committed)."""
     n = conn.execute(update(auth_token).where(where).values(revoked=True)).rowcount
-    forget_cached_tokens()
+    invalidation.announce(conn)  # other processes drop their caches when this commits
+    _cache.clear()
     return n
 
 

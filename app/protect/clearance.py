@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, delete, or_, select
 
+from app.auth.invalidation import announce, generation_of, settle
 from app.auth.tokens import utcnow
 from app.db.engine import unit_of_work
 from app.protect.labels import Label, label_text, parse_label
@@ -92,6 +93,7 @@ def set_clearance(engine: Engine, kind: str, subject: str, labels: frozenset[Lab
                                                      protect_clearance.c.subject == subject))
         conn.execute(protect_clearance.insert().values(kind=kind, subject=subject, labels=_encode(labels),
                                                        break_glass=break_glass, updated_at=utcnow()))
+        announce(conn)
     forget_cached()
     return Clearance(kind, subject, labels, break_glass)
 
@@ -100,6 +102,7 @@ def remove_clearance(engine: Engine, kind: str, subject: str) -> bool:
     with unit_of_work(engine, write=True) as conn:
         done = conn.execute(delete(protect_clearance).where(protect_clearance.c.kind == kind,
                                                             protect_clearance.c.subject == subject)).rowcount > 0
+        announce(conn)
     forget_cached()
     return done
 
@@ -108,7 +111,8 @@ def forget_clearance(conn: Connection, kind: str, subject: str) -> None:
     """Inside the caller's unit of work: drop a removed client's or user's clearance."""
     conn.execute(delete(protect_clearance).where(protect_clearance.c.kind == kind,
                                                  protect_clearance.c.subject == subject))
-    forget_cached()
+    announce(conn)
+    forget_cached(committed=False)  # the caller settles after its commit
 
 
 def list_clearances(engine: Engine) -> list[Clearance]:
@@ -128,34 +132,40 @@ class Effective:
 NOTHING = Effective(frozenset(), False)
 
 
-_cache: dict[tuple, tuple[float, Effective]] = {}
+_cache: dict[tuple, tuple[float, Effective, int]] = {}
 _cache_lock = threading.Lock()
 _CACHE_MAX = 10_000
 
 
-def forget_cached() -> None:
-    """Drop every cached clearance (after a change)."""
+def forget_cached(committed: bool = True) -> None:
+    """Drop every cached clearance; after a committed change also wait until the other
+    processes have been told (app.auth.invalidation.settle)."""
     with _cache_lock:
         _cache.clear()
+    if committed:
+        settle()
 
 
 def cached_effective(engine: Engine, ttl: float, client_id: str, username: str | None,
                      fhir_user: str | None) -> Effective:
-    """:func:`effective`, remembered for ``ttl`` seconds per (database, client, user)."""
+    """:func:`effective`, remembered for up to ``ttl`` seconds per (database, client, user)
+    while no process has changed a clearance or revoked a token since (app.auth.invalidation;
+    SQLite: not remembered)."""
     key = (id(engine), client_id, username, fhir_user)
     now = time.monotonic()
-    hit = _cache.get(key) if ttl > 0 else None
-    if hit is not None and hit[0] > now:
+    listener, generation = generation_of(engine) if ttl > 0 else (None, -1)
+    hit = _cache.get(key) if listener is not None else None
+    if hit is not None and hit[0] > now and listener.trusted(hit[2]):
         return hit[1]
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":  # one SELECT: no BEGIN/ROLLBACK round trips
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         eff = effective(conn, client_id, username, fhir_user)
-    if ttl > 0:
+    if listener is not None:
         with _cache_lock:
             if len(_cache) >= _CACHE_MAX:
                 _cache.clear()
-            _cache[key] = (now + ttl, eff)
+            _cache[key] = (now + ttl, eff, generation)  # the generation from before the read
     return eff
 
 

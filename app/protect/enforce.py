@@ -50,7 +50,7 @@ def apply_sensitivity(perm: Any, grant: Any) -> None:
     if not policy.sensitive and reason is None:
         return  # withholding switched off: no clearance lookup either
     engine = app.extensions["results_repo"].engine
-    ttl = float(app.config.get("CLEARANCE_CACHE_SECONDS", 10))
+    ttl = float(app.config.get("CLEARANCE_CACHE_SECONDS", 60))
     if reason is not None:
         ttl = 0  # break-glass: the right is checked against the database, never a cached answer
     eff = cached_effective(engine, ttl, grant.client_id, getattr(grant, "username", None), grant.fhir_user)

@@ -209,23 +209,3 @@ def test_an_expired_token_is_refused_even_if_cached(world, issue_token) -> None:
     assert _get(world["base"], tok, "Patient/mine").status_code == 200
     time.sleep(2.1)
     assert _get(world["base"], tok, "Patient/mine").status_code == 401
-
-
-def test_a_revocation_by_another_process_takes_at_most_the_cache_time(auth_app, issue_token) -> None:
-    """Another process revokes with a plain row update (this process's cache is not told)."""
-    import time
-
-    from sqlalchemy import update
-
-    from app.auth.tables import auth_token
-    from app.auth.tokens import lookup_access_token, token_hash
-
-    e = engine_of(auth_app)
-    cached, uncached = issue_token("system/*.rs"), issue_token("system/*.rs")
-    assert lookup_access_token(e, cached) is not None and lookup_access_token(e, uncached, 0) is not None
-    with e.begin() as conn:
-        conn.execute(update(auth_token).where(auth_token.c.token_hash.in_([token_hash(cached), token_hash(uncached)]))
-                     .values(revoked=True))
-    assert lookup_access_token(e, uncached, 0) is None  # TOKEN_CACHE_SECONDS=0: at once
-    time.sleep(1.05)
-    assert lookup_access_token(e, cached) is None  # the default: within one second
