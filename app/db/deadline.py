@@ -1,4 +1,5 @@
-"""A time limit for the statements of one read (a search): expensive queries end, workers don't hang.
+"""A time limit for the statements of one read (a search, a history): expensive queries end,
+workers don't hang.
 
 PostgreSQL: ``SET LOCAL statement_timeout`` inside the read's transaction; the server cancels a
 statement that runs longer (SQLSTATE 57014, ``query_canceled``) and the setting ends with the
@@ -6,8 +7,8 @@ transaction, so pooled connections keep no state. SQLite has no statement timeou
 handler, called every few thousand virtual-machine instructions, interrupts the statement once
 the deadline has passed (``sqlite3.OperationalError: interrupted``) and is removed afterwards.
 
-Either way the caller gets :class:`QueryTimeout`, which the search maps to an OperationOutcome
-``too-costly`` (see docs/decisions/0012-limits-and-hardening.md).
+Either way the caller gets :class:`QueryTimeout`, which search and history map to an
+OperationOutcome ``too-costly`` (docs/decisions/0012-limits-and-hardening.md and 0015).
 """
 
 from __future__ import annotations

@@ -32,13 +32,23 @@ def _aead(secret: str, purpose: str) -> AESGCM:
 
 def seal(secret: str, purpose: str, value: object) -> str:
     """``value`` (JSON-serialisable) as an opaque URL-safe string."""
-    nonce = os.urandom(_NONCE)
-    blob = nonce + _aead(secret, purpose).encrypt(nonce, orjson.dumps(value), purpose.encode())
-    return base64.urlsafe_b64encode(blob).rstrip(b"=").decode()
+    return seal_bytes(secret, purpose, orjson.dumps(value))
 
 
 def unseal(secret: str, purpose: str, token: str) -> object:
     """The value sealed in ``token``; ValueError when it was not made here for ``purpose``."""
+    return orjson.loads(unseal_bytes(secret, purpose, token))
+
+
+def seal_bytes(secret: str, purpose: str, plain: bytes) -> str:
+    """``plain`` as an opaque URL-safe string (callers that compress first use this one)."""
+    nonce = os.urandom(_NONCE)
+    blob = nonce + _aead(secret, purpose).encrypt(nonce, plain, purpose.encode())
+    return base64.urlsafe_b64encode(blob).rstrip(b"=").decode()
+
+
+def unseal_bytes(secret: str, purpose: str, token: str) -> bytes:
+    """The bytes sealed in ``token``; ValueError when it was not made here for ``purpose``."""
     try:
         blob = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (ValueError, TypeError):
@@ -46,7 +56,6 @@ def unseal(secret: str, purpose: str, token: str) -> object:
     if len(blob) <= _NONCE:
         raise ValueError("not a sealed token")
     try:
-        plain = _aead(secret, purpose).decrypt(blob[:_NONCE], blob[_NONCE:], purpose.encode())
+        return _aead(secret, purpose).decrypt(blob[:_NONCE], blob[_NONCE:], purpose.encode())
     except InvalidTag:
         raise ValueError("not a sealed token") from None
-    return orjson.loads(plain)

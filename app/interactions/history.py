@@ -1,4 +1,9 @@
-"""history at instance, type and system level, newest first, with signed keyset cursors."""
+"""history at instance, type and system level, newest first, with signed keyset cursors.
+
+Its statements run under the same per-statement deadline as searches (``SEARCH_TIMEOUT_MS``,
+app/db/deadline.py): a system history's count or a withholding filter can read every version,
+and a cancelled statement is a 400 OperationOutcome ``too-costly``, as for a search.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from app.auth.permission import (
     history_version_filter,
 )
 from app.db import unit_of_work
+from app.db.deadline import QueryTimeout, statement_deadline
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
 from app.fhir.jsonutil import instant, parse_instant
@@ -54,19 +60,24 @@ def history(ctx: FhirContext, res_type: str | None, res_id: str | None, args: di
             before = (datetime.fromisoformat(lu), int(rid), int(ver))
         except (BadSignature, ValueError, TypeError):
             raise FhirError(400, "invalid", "The paging cursor is not valid; start again from the first page.", ["_cursor"]) from None
-    with unit_of_work(ctx.engine) as conn:
-        repo = ctx.repo(conn)
-        head = repo.head(res_type, res_id) if res_id is not None else None
-        if res_id is not None:
-            guard_read(ctx, conn, res_type, res_id, head.rid if head is not None else None)
-        if res_id is not None and head is None:
-            raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
-        hide = history_version_filter(ctx) if res_id is None else None
-        rows = repo.history(res_type, res_id, since, before, count + 1, hide)
-        if res_id is not None:
-            guard_versions(ctx, res_type, res_id, [r.content for r in rows[:count]])
-        # No total under withholding: counting would read every version's JSON (the text test).
-        total = repo.count_history(res_type, res_id, since) if before is None and count > 0 and hide is None else None
+    try:
+        with unit_of_work(ctx.engine) as conn, statement_deadline(conn, ctx.search_timeout_ms):
+            repo = ctx.repo(conn)
+            head = repo.head(res_type, res_id) if res_id is not None else None
+            if res_id is not None:
+                guard_read(ctx, conn, res_type, res_id, head.rid if head is not None else None)
+            if res_id is not None and head is None:
+                raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
+            hide = history_version_filter(ctx) if res_id is None else None
+            rows = repo.history(res_type, res_id, since, before, count + 1, hide)
+            if res_id is not None:
+                guard_versions(ctx, res_type, res_id, [r.content for r in rows[:count]])
+            # No total under withholding: counting would read every version's JSON (the text test).
+            total = repo.count_history(res_type, res_id, since) if before is None and count > 0 and hide is None else None
+    except QueryTimeout:
+        raise FhirError(400, "too-costly", f"The history ran longer than this server allows ({ctx.search_timeout_ms} ms) "
+                        "and was stopped; narrow it (_since, a smaller _count, the history of one resource "
+                        "type or one resource).") from None
     more = len(rows) > count
     rows = rows[:count]
     path = "/".join(p for p in (res_type, res_id) if p) + ("/_history" if res_type else "_history")

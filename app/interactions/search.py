@@ -6,9 +6,13 @@ per type with its sort-key columns (``UNION ALL`` when several types) -> keyset 
 stored bytes.
 
 Result control:
-- ``_sort`` (app.search.sort), paging with signed cursors (app.search.paging): ``self``/``next``/
-  ``previous`` links, no OFFSET; the default order is insertion order (``rid``), except for
-  polling searches (a ``_lastUpdated`` lower bound, no ``_sort``): ``(lastUpdated, rid)``.
+- ``_sort`` (app.search.sort), keyset paging (app.search.paging): ``self``/``next``/``previous``
+  links are ``<path>?_cursor=<opaque>``, the whole search sealed into the token with the page
+  position and bound to the caller, so no search value is in clear in any generated URL
+  (docs/decisions/0015-opaque-search-links.md); no OFFSET; the default order is insertion
+  order (``rid``), except for polling searches (a ``_lastUpdated`` lower bound, no ``_sort``):
+  ``(lastUpdated, rid)``.  Parameters lenient handling ignored are named (not their values) in an
+  OperationOutcome warning entry, since the self link no longer shows what was used.
   In ``rid`` order the cursor's rid bound is pushed into every index subquery, so page 100
   costs what page 1 does.
 - ``_count``: default/maximum from config; over the maximum it is capped and an OperationOutcome
@@ -30,7 +34,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
 
 import orjson
 from sqlalchemy import Connection, Engine, Select, and_, func, select, union_all
@@ -45,7 +48,17 @@ from app.protect.labels import bundle_label
 from app.search import parse
 from app.search.expr import And, DateValue, Match
 from app.search.include import Found, parse_includes, resolve_includes
-from app.search.paging import Cursor, after, decode_cursor, encode_cursor, order_by, query_digest
+from app.search.paging import (
+    CURSOR_PARAM,
+    Cursor,
+    Resumed,
+    after,
+    link_url,
+    open_search,
+    order_by,
+    position,
+    seal_search,
+)
 from app.search.parse import SearchRequest
 from app.search.plan import Aliases, compile_tree, count_query, page_rids
 from app.search.rewrite import restrict_to_compartment
@@ -67,20 +80,26 @@ class _Scope:
     types: list[str]
     compartment: str | None = None
     extra_link_params: list[tuple[str, str]] = field(default_factory=list)
+    rel: str = ""  # ``path`` relative to the base: what a link's token is bound to
+    resumed: Resumed | None = None  # the followed link this request came with, if any
 
 
 def search_type(ctx: FhirContext, res_type: str, params: list[tuple[str, str]], strict: bool = False) -> Result:
     ctx.check_type(res_type)
+    params, resumed = _resume(ctx, res_type, params)
     params = [(k, v) for k, v in params if k != "_type"]
-    return _run(ctx, _Scope(f"{ctx.base_url}/{res_type}", [res_type]), params, strict)
+    scope = _Scope(f"{ctx.base_url}/{res_type}", [res_type], rel=res_type, resumed=resumed)
+    return _run(ctx, scope, params, strict)
 
 
 def search_system(ctx: FhirContext, params: list[tuple[str, str]], strict: bool = False) -> Result:
     """``GET [base]?_type=A,B&...``: the union of type searches; parameters must suit every type."""
+    params, resumed = _resume(ctx, "", params)
     types = _types_param(ctx, params)
     rest = [(k, v) for k, v in params if k != "_type"]
     link = [("_type", ",".join(types))] if any(k == "_type" for k, _ in params) else []
-    return _run(ctx, _Scope(ctx.base_url, types or sorted(ctx.enabled_types), extra_link_params=link), rest, strict)
+    scope = _Scope(ctx.base_url, types or sorted(ctx.enabled_types), extra_link_params=link, resumed=resumed)
+    return _run(ctx, scope, rest, strict)
 
 
 def search_compartment(ctx: FhirContext, comp_type: str, comp_id: str, res_type: str,
@@ -89,6 +108,8 @@ def search_compartment(ctx: FhirContext, comp_type: str, comp_id: str, res_type:
     if comp_type != "Patient":
         raise FhirError(404, "not-supported", f"Compartment '{comp_type[:64]}' is not supported; only Patient is.")
     ctx.check_id(comp_id)
+    rel = f"Patient/{comp_id}/{res_type}"
+    params, resumed = _resume(ctx, rel, params)
     members = [t for t in sorted(ctx.enabled_types) if t == "Patient" or ctx.registry.compartment_params(t)]
     if res_type == "*":
         types = _types_param(ctx, params) or members
@@ -100,8 +121,25 @@ def search_compartment(ctx: FhirContext, comp_type: str, comp_id: str, res_type:
             raise FhirError(400, "invalid", f"{res_type} is not in the Patient compartment.")
         types, link = [res_type], []
     rest = [(k, v) for k, v in params if k != "_type"]
-    scope = _Scope(f"{ctx.base_url}/Patient/{comp_id}/{res_type}", types, comp_id, link)
+    scope = _Scope(f"{ctx.base_url}/{rel}", types, comp_id, link, rel=rel, resumed=resumed)
     return _run(ctx, scope, rest, strict)
+
+
+def _resume(ctx: FhirContext, rel: str, params: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], Resumed | None]:
+    """A followed search link (``?_cursor=``): the search it carries replaces the parameters.
+
+    Only formatting parameters may come with it: the link holds the whole search, and a
+    parameter added to it would look like a change of search that does not happen (400).
+    """
+    tokens = [v for k, v in params if k == CURSOR_PARAM]
+    if not tokens:
+        return params, None
+    allowed = {CURSOR_PARAM, *_DROPPED} | ({"_explain"} if ctx.debug_sql else set())
+    if any(k not in allowed for k, _ in params) or len(set(tokens)) > 1:
+        raise FhirError(400, "invalid", "A paging link carries its whole search: follow it as given, without "
+                        "other search parameters (start a new search to change it).", [CURSOR_PARAM])
+    resumed = open_search(ctx.secret_key, ctx.caller, rel, tokens[-1])
+    return [*resumed.params, *((k, v) for k, v in params if k != CURSOR_PARAM)], resumed
 
 
 def _types_param(ctx: FhirContext, params: list[tuple[str, str]]) -> list[str]:
@@ -216,9 +254,8 @@ def _page(ctx: FhirContext, scope: _Scope, reqs: dict[str, SearchRequest], keys:
 
 
 def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict: bool) -> Result:
-    cursor_tokens = [v for k, v in params if k == "_cursor"]
     explain = ctx.debug_sql and any(k == "_explain" and v == "true" for k, v in params)
-    drop = {"_cursor", *_DROPPED} | ({"_explain"} if ctx.debug_sql else set())
+    drop = {CURSOR_PARAM, *_DROPPED} | ({"_explain"} if ctx.debug_sql else set())
     params = [(k, v) for k, v in params if k not in drop]
     if ctx.permission is not None:  # types the token may not search: 403, or left out if implicit
         scope.types = ctx.permission.search_types(scope.types, len(scope.types) == 1 or bool(scope.extra_link_params))
@@ -231,7 +268,7 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
     if total_mode not in TOTAL_MODES:
         raise FhirError(400, "invalid", f"_total must be one of none, estimate, accurate; got {total_mode[:40]!r}.", ["_total"])
     shape = parse_shape(ctl("_summary"), ctl("_elements"))
-    keys, _ignored_sort = parse_sort(ctl("_sort"), scope.types, ctx.registry, strict=strict)
+    keys, ignored_sort = parse_sort(ctl("_sort"), scope.types, ctx.registry, strict=strict)
     # Polling (``_lastUpdated=gt...`` and no ``_sort``): order by (lastUpdated, rid), which the
     # (res_type, last_updated, rid) index delivers directly; in rid order the planner walks the
     # primary key expecting matches everywhere while recent changes are all at the end.  The key
@@ -239,20 +276,23 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
     implicit_keys = not keys and _polls_last_updated(first)
     if implicit_keys:
         keys = [SortKey("_lastUpdated", False, "datetime")]
-    specs, _ignored_inc = parse_includes(first.control, ctx.registry, ctx.enabled_types, strict=strict)
+    specs, ignored_inc = parse_includes(first.control, ctx.registry, ctx.enabled_types, strict=strict)
 
-    # What the self link shows and the cursor is bound to: only what was used.
+    # What the links carry (sealed, app.search.paging): only what was used, so following one
+    # re-runs exactly this search (unknown parameters dropped in lenient mode stay dropped).
     kept = list(scope.extra_link_params) + list(first.params)
     if keys and not implicit_keys:
         kept.append(("_sort", ",".join(("-" if k.desc else "") + k.code for k in keys)))
     kept += [s.raw for s in specs]
     kept += [(k, v) for k, v in first.control if k in ("_total", "_summary", "_elements")]
-    digest = query_digest(scope.path, [*kept, ("~caller", ctx.caller)])
     link_params = [*kept, ("_count", str(count))]
+    # The self link: the followed link itself, or a first-page link; made before any query runs,
+    # so a search too long for a link is refused before it costs anything.
+    self_token = scope.resumed.token if scope.resumed is not None else seal_search(
+        ctx.secret_key, ctx.caller, scope.rel, link_params, None)
+    self_url = link_url(scope.path, self_token)
 
-    cur: Cursor | None = None
-    if cursor_tokens:
-        cur = decode_cursor(ctx.secret_key, ctx.caller, digest, cursor_tokens[-1], keys)
+    cur: Cursor | None = position(scope.resumed, keys)
 
     # Default order (rid only): the cursor's rid bound goes into the match query itself.
     bound = None
@@ -341,7 +381,7 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
                 raise
             sql_log.clear()
 
-    links = _links(ctx, scope, link_params, keys, digest, rows, cursor_tokens, cur, more)
+    links = _links(ctx, scope, link_params, keys, self_url, rows, cur, more)
     entries = [
         entry_bytes({"fullUrl": f"{ctx.base_url}/{f.res_type}/{f.res_id}", "search": {"mode": "match"}},
                     shape_resource(f.res_type, f.content, shape))
@@ -354,6 +394,13 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
     issues = []
     if warning:
         issues.append({"severity": "warning", "code": "processing", "diagnostics": warning})
+    unused = _unused(first.ignored, ignored_sort, ignored_inc)
+    if unused:
+        # What the clear self link used to show by leaving them out (FHIR: the server states the
+        # parameters it used); names only, never values.
+        issues.append({"severity": "warning", "code": "not-supported", "diagnostics": (
+            "Not used in this search (unknown or not supported here; Prefer: handling=strict refuses "
+            f"such a search instead): {unused}.")})
     if explain:
         for label, stmt in sql_log:
             issues.append({"severity": "information", "code": "informational",
@@ -384,6 +431,14 @@ def _read_connection(engine: Engine, one_statement: bool) -> Iterator[Connection
         yield conn
 
 
+def _unused(params: list[tuple[str, str]], sort_keys: list[str], includes: list[tuple[str, str]]) -> str:
+    """The parameters lenient handling left out, by name (``bogus``, ``_sort nonsense``,
+    ``_include Patient:nope``), for the Bundle's warning; "" when none."""
+    names = [k for k, _ in params] + [f"_sort {p}" for p in sort_keys] + [f"{k} {v}" for k, v in includes]
+    seen = list(dict.fromkeys(n[:64] for n in names))
+    return ", ".join(seen[:20]) + (", ..." if len(seen) > 20 else "")
+
+
 def _polls_last_updated(req: SearchRequest) -> bool:
     """A top-level ``_lastUpdated`` clause whose every value has a lower bound (gt, ge, sa, eq, ap)."""
     for c in req.clauses:
@@ -397,25 +452,23 @@ def _is_column(key: SortKey, types: list[str], registry) -> bool:
     return all(getattr(registry.get(t, key.code), "column", None) or key.code in ("_id", "_lastUpdated") for t in types)
 
 
-def _links(ctx: FhirContext, scope: _Scope, link_params, keys, digest, rows, cursor_tokens, cur, more) -> list[dict]:
-    def url(extra: list[tuple[str, str]]) -> str:
-        q = urlencode([*link_params, *extra])
-        return f"{scope.path}?{q}" if q else scope.path
-
-    def token(direction: str, row) -> str:
+def _links(ctx: FhirContext, scope: _Scope, link_params, keys, self_url, rows, cur, more) -> list[dict]:
+    """``self``, ``next``, ``previous``: each ``<path>?_cursor=<sealed search and position>``."""
+    def url(direction: str, row) -> str:
         values = tuple(row._mapping[f"k{i}"] for i in range(len(keys)))
-        return encode_cursor(ctx.secret_key, ctx.caller, digest, Cursor(direction, values, row.rid))
+        token = seal_search(ctx.secret_key, ctx.caller, scope.rel, link_params, Cursor(direction, values, row.rid))
+        return link_url(scope.path, token)
 
-    links = [{"relation": "self", "url": url([("_cursor", cursor_tokens[-1])] if cursor_tokens else [])}]
+    links = [{"relation": "self", "url": self_url}]
     if not rows:
         return links
     forward = cur is None or cur.direction == "next"
     has_next = more if forward else True
     has_prev = cur is not None if forward else more
     if has_next:
-        links.append({"relation": "next", "url": url([("_cursor", token("next", rows[-1]))])})
+        links.append({"relation": "next", "url": url("next", rows[-1])})
     if has_prev:
-        links.append({"relation": "previous", "url": url([("_cursor", token("prev", rows[0]))])})
+        links.append({"relation": "previous", "url": url("prev", rows[0])})
     return links
 
 

@@ -119,3 +119,20 @@ def all_pages(http, url: str, params: dict | None = None) -> list[dict]:
         r = http.get(nxt[0])
 
 
+
+
+def link_params(app, base: str, url: str, caller: str = "anonymous") -> dict[str, list[str]]:
+    """The search a generated link carries, unsealed with the server's key: ``{name: [values]}``.
+
+    Every search link is ``<path>?_cursor=<opaque>`` and nothing else (decision 0015)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from app.search.paging import open_search
+
+    query = parse_qs(urlsplit(url).query)
+    assert set(query) == {"_cursor"}, url
+    rel = url.split("?", 1)[0][len(base):].lstrip("/")
+    out: dict[str, list[str]] = {}
+    for k, v in open_search(app.config["SECRET_KEY"], caller, rel, query["_cursor"][0]).params:
+        out.setdefault(k, []).append(v)
+    return out

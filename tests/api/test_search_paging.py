@@ -6,7 +6,7 @@ import itertools
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from apihelp import all_pages, assert_outcome, create, headers, uid
+from apihelp import all_pages, assert_outcome, create, headers, link_params, uid
 
 TAG = "urn:test:paging"
 
@@ -176,6 +176,7 @@ def test_tampered_cursor_is_400(http, base, run):
 
 
 def test_cursor_from_another_query_is_400(http, base, run):
+    """A link carries its whole search: parameters sent with it, or another path, are a 400."""
     token = parse_qs(urlsplit(_next(http, base, run)).query)["_cursor"][0]
     for params in (
         {"_tag": f"{TAG}|{run['run']}", "_sort": "-family"},
@@ -185,19 +186,26 @@ def test_cursor_from_another_query_is_400(http, base, run):
         assert_outcome(r, 400, "invalid")
     r = http.get(f"{base}/Observation", params={"_sort": "family", "_cursor": token})
     assert r.status_code == 400
+    assert_outcome(http.get(f"{base}/Observation", params={"_cursor": token}), 400, "invalid")
+    assert_outcome(http.get(f"{base}/Patient", params={"_cursor": token, "_count": "50"}), 400, "invalid")
+    assert http.get(f"{base}/Patient", params={"_cursor": token, "_format": "json"}).status_code == 200
 
 
-def test_links_are_opaque_and_keep_the_query(http, base, run):
-    r = http.get(
-        f"{base}/Patient", params={"_tag": f"{TAG}|{run['run']}", "_sort": "-family", "_count": "2"}
-    ).json()
+def test_links_are_opaque_and_keep_the_query(http, base, app, run):
+    params = {"_tag": f"{TAG}|{run['run']}", "_sort": "-family", "_count": "2"}
+    r = http.get(f"{base}/Patient", params=params).json()
     nxt = [link["url"] for link in r["link"] if link["relation"] == "next"][0]
     q = parse_qs(urlsplit(nxt).query)
-    assert q["_sort"] == ["-family"] and q["_count"] == ["2"]
-    assert run["run"] not in q["_cursor"][0]
+    assert set(q) == {"_cursor"} and run["run"] not in nxt and "family" not in nxt
+    # the search is inside, sealed
+    assert link_params(app, base, nxt) == {"_tag": [params["_tag"]], "_sort": ["-family"], "_count": ["2"]}
+    page2 = http.get(nxt).json()
+    assert len(page2["entry"]) == 2
+    want = _ids(all_pages(http, f"{base}/Patient", {**params, "_count": "100"}))
+    assert _ids(r["entry"]) + _ids(page2["entry"]) == want[:4]
 
 
-def test_sort_on_unknown_parameter_strict_vs_lenient(http, base, run):
+def test_sort_on_unknown_parameter_strict_vs_lenient(http, base, app, run):
     r = http.get(
         f"{base}/Patient", params={"_sort": "nonsense"}, headers=headers(Prefer="handling=strict")
     )
@@ -207,7 +215,11 @@ def test_sort_on_unknown_parameter_strict_vs_lenient(http, base, run):
     )
     assert r.status_code == 200
     self_url = [link["url"] for link in r.json()["link"] if link["relation"] == "self"][0]
-    assert parse_qs(urlsplit(self_url).query)["_sort"] == ["-family"]
+    assert link_params(app, base, self_url)["_sort"] == ["-family"]
+    # the dropped key stays dropped: the self link re-runs the search under strict handling too
+    again = http.get(self_url, headers=headers(Prefer="handling=strict"))
+    assert again.status_code == 200, again.text[:500]
+    assert _ids(again.json()["entry"]) == _ids(r.json()["entry"])
 
 
 def test_count_over_maximum_is_capped_with_warning(http, base, app, run):
@@ -283,7 +295,7 @@ def test_default_order_page_n_unchanged_by_inserts_and_deletes(http, base):
 # --- polling: _lastUpdated lower bound without _sort orders by (lastUpdated, rid) -----------------
 
 
-def test_last_updated_polling_order_paging_and_links(http, base):
+def test_last_updated_polling_order_paging_and_links(http, base, app):
     run = uid()
     made = [create(http, base, _patient(run, i, f"Q{i}", None)) for i in range(5)]
     since = made[0]["meta"]["lastUpdated"]
@@ -295,7 +307,7 @@ def test_last_updated_polling_order_paging_and_links(http, base):
     params = {"_tag": f"{TAG}|{run}", "_lastUpdated": f"ge{since}", "_count": "100"}
     one = http.get(f"{base}/Patient", params=params).json()
     assert _ids(one["entry"]) == ids[1:] + ids[:1]
-    self_q = parse_qs(urlsplit(one["link"][0]["url"]).query)
+    self_q = link_params(app, base, one["link"][0]["url"])
     assert "_sort" not in self_q  # the order is implied, not shown
     pages = []
     r = http.get(f"{base}/Patient", params={**params, "_count": "2"}).json()

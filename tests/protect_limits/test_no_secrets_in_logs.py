@@ -105,6 +105,9 @@ def test_typical_requests_leave_no_secrets_in_logs_or_links(database_url, logs) 
         r = requests.post(f"{live.base}/Patient/_search", data={"identifier": f"{NHS}|{nhs}"},
                           headers={"Accept": H["Accept"], "Authorization": auth["Authorization"]})
         assert r.status_code == 200
+        # the body's search parameters do not come back in the links (decision 0015)
+        for link in r.json()["link"]:
+            assert nhs not in link["url"] and "identifier" not in link["url"], link
         # paging sorted by family name: the links hold an opaque cursor, not the name
         page = requests.get(f"{live.base}/Patient", params={"_tag": f"urn:test:logs|{tag}", "_sort": "family",
                                                            "_count": "1"}, headers=auth).json()

@@ -1,14 +1,18 @@
-"""Expensive searches end: a per-statement deadline (PostgreSQL statement_timeout, SQLite progress
-handler) turns a long search into a 400 OperationOutcome ``too-costly``, and the worker and its
-pooled connection go on serving."""
+"""Expensive searches and histories end: a per-statement deadline (PostgreSQL statement_timeout,
+SQLite progress handler) turns a long search or history into a 400 OperationOutcome
+``too-costly``, and the worker and its pooled connection go on serving."""
 
 from __future__ import annotations
+
+import base64
+import os
 
 import pytest
 import requests
 from limitshelp import H, Live, make_app, outcome_codes, uid
 from sqlalchemy import create_engine, text
 
+from app.db import deadline
 from app.db.deadline import QueryTimeout, statement_deadline
 from app.db.engine import make_engine
 
@@ -87,5 +91,45 @@ def test_a_long_search_is_too_costly_not_a_hung_worker(tiny_timeout) -> None:
                                                         "_count": "5"}, headers=H)
         assert ok.status_code == 200, ok.text[:300]
         assert ok.json()["total"] == 3000
+    finally:
+        app.config["SEARCH_TIMEOUT_MS"] = 1
+
+
+@pytest.fixture(scope="module")
+def long_history(tiny_timeout) -> str:
+    """One Patient with 300 more versions of ~32 KB each (a photo), newer than the 3000 Patients:
+    every history level then reads megabytes for a page of 1000."""
+    _app, srv, _tag = tiny_timeout
+    r = requests.post(f"{srv.base}/Patient", json={"resourceType": "Patient", "gender": "female"}, headers=H)
+    assert r.status_code == 201, r.text[:300]
+    pid = r.json()["id"]
+    entries = [{"resource": {"resourceType": "Patient", "id": pid,
+                             "photo": [{"contentType": "image/png", "data": base64.b64encode(os.urandom(24_000)).decode()}]},
+                "request": {"method": "PUT", "url": f"Patient/{pid}"}} for _ in range(300)]
+    r = requests.post(srv.base, json={"resourceType": "Bundle", "type": "batch", "entry": entries},
+                      headers={**H, "Prefer": "return=minimal"})
+    assert r.status_code == 200, r.text[:300]
+    assert all(e["response"]["status"].startswith("200") for e in r.json()["entry"])
+    return pid
+
+
+@pytest.mark.parametrize("level", ["instance", "type", "system"])
+def test_a_long_history_is_too_costly_not_a_hung_worker(tiny_timeout, long_history, level, monkeypatch) -> None:
+    app, srv, _tag = tiny_timeout
+    # SQLite looks at the clock every SQLITE_PROGRESS_STEPS VM instructions of a statement; the
+    # instance history's statement sorts 301 large rows in fewer than the production 10,000, so
+    # here it looks every 1,000 (the deadline itself is unchanged: 1 ms). PostgreSQL: unaffected.
+    monkeypatch.setattr(deadline, "SQLITE_PROGRESS_STEPS", 1_000)
+    path = {"instance": f"Patient/{long_history}/_history", "type": "Patient/_history", "system": "_history"}[level]
+    r = requests.get(f"{srv.base}/{path}", params={"_count": "1000"}, headers=H)
+    assert r.status_code == 400, r.text[:300]
+    assert outcome_codes(r) == ["too-costly"]
+    assert "history" in r.json()["issue"][0]["diagnostics"] and "1 ms" in r.json()["issue"][0]["diagnostics"]
+    # the server goes on: with the limit lifted, the same history answers
+    app.config["SEARCH_TIMEOUT_MS"] = 0
+    try:
+        ok = requests.get(f"{srv.base}/{path}", params={"_count": "1000"}, headers=H)
+        assert ok.status_code == 200, ok.text[:300]
+        assert len(ok.json()["entry"]) == (301 if level == "instance" else 1000)
     finally:
         app.config["SEARCH_TIMEOUT_MS"] = 1
