@@ -5,7 +5,10 @@ database made by generate.py (``bench_search``: 500,000 Observations, 24,107 Dia
 Runs the export engine of the worker (app.bulk.export.run_export: the snapshot query in keyset
 batches sized by bytes, NDJSON files split by size, temp name + fsync + rename) in a child process
 per measurement, so the child's peak RSS (``ru_maxrss``) is the worker's peak memory for an
-export of that size. ``--limit N`` stops after about N resources (at a batch boundary).
+export of that size. ``--limit N`` stops after about N resources (at a batch boundary). Each
+file's patient set is computed as the worker does with the audit on (the download audit's scan of
+the lines as they are written); ``--no-patient-scan`` leaves it out, as the worker does with
+``AUDIT_ENABLED=false``.
 
 The database is only read: the session is ``default_transaction_read_only``, and the job tables
 are not needed (files are recorded by a no-op callback instead of ``bulk_file`` rows; that is one
@@ -69,7 +72,8 @@ def _read_only(url: str) -> str:
     return f"{url}{sep}options=-c%20default_transaction_read_only%3Don"
 
 
-def child(url: str, limit: int, outdir: Path, file_max: int, batch_bytes: int, level: str) -> dict:
+def child(url: str, limit: int, outdir: Path, file_max: int, batch_bytes: int, level: str,
+          scan_patients: bool = True) -> dict:
     from app.bulk.export import Cursor, run_export
     from app.bulk.params import ExportParams
     from app.db import make_engine
@@ -97,14 +101,16 @@ def child(url: str, limit: int, outdir: Path, file_max: int, batch_bytes: int, l
     try:
         run_export(engine, job_id="bench", level=level, params=ExportParams(types=list(TYPES)), at=utcnow(),
                    registry=registry, tz=None, base_url="http://bench/fhir", outdir=outdir, cursor=Cursor(),
-                   file_max_bytes=file_max, batch_bytes=batch_bytes, record=record, heartbeat=heartbeat)
+                   file_max_bytes=file_max, batch_bytes=batch_bytes, record=record, heartbeat=heartbeat,
+                   scan_patients=scan_patients)
     except Enough:
         pass
     secs = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in outdir.iterdir()) + state["partial"]
     engine.dispose()
     return {
-        "level": level, "limit": limit, "resources": state["n"], "seconds": round(secs, 2),
+        "level": level, "limit": limit, "patient_scan": scan_patients, "resources": state["n"],
+        "seconds": round(secs, 2),
         "resources_per_second": round(state["n"] / secs) if secs else None,
         "bytes_written": size, "mb_per_second": round(size / secs / 1e6, 1) if secs else None,
         "files_finished": len(files),
@@ -313,6 +319,8 @@ def main() -> None:
     ap.add_argument("--batch-bytes", type=int, default=8 * 1024 * 1024)
     ap.add_argument("--level", choices=("system", "patient"), default="system",
                     help="system: every row of the types; patient: Patient/$export (rows in some patient's compartment)")
+    ap.add_argument("--no-patient-scan", action="store_true",
+                    help="engine only: do not compute each file's patient set (the worker with the audit off)")
     ap.add_argument("--out", default=None, help="directory for the NDJSON files (default: a temp dir, removed)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--http", action="store_true", help="end to end over HTTP (see above)")
@@ -332,7 +340,8 @@ def main() -> None:
 
     if args.child:
         out = Path(args.out)
-        print(json.dumps(child(args.database_url, limits[0], out, args.file_max_bytes, args.batch_bytes, args.level)))
+        print(json.dumps(child(args.database_url, limits[0], out, args.file_max_bytes, args.batch_bytes, args.level,
+                               scan_patients=not args.no_patient_scan)))
         return
 
     results = []
@@ -341,7 +350,7 @@ def main() -> None:
         try:
             cmd = [sys.executable, __file__, "--child", "--database-url", args.database_url, "--limit", str(limit),
                    "--file-max-bytes", str(args.file_max_bytes), "--batch-bytes", str(args.batch_bytes),
-                   "--level", args.level, "--out", str(out)]
+                   "--level", args.level, "--out", str(out)] + (["--no-patient-scan"] if args.no_patient_scan else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             res = json.loads(proc.stdout.strip().splitlines()[-1])
         finally:
@@ -354,6 +363,7 @@ def main() -> None:
     doc = {
         "benchmark": "export", "when": stamp, "database_url": args.database_url.split("@")[-1],
         "types": TYPES, "level": args.level, "file_max_bytes": args.file_max_bytes, "batch_bytes": args.batch_bytes,
+        "patient_scan": not args.no_patient_scan,
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "results": results,
     }

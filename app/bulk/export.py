@@ -17,6 +17,11 @@ Files: one type per file, at most ``file_max_bytes`` each (a single larger resou
 of its own); written as ``<name>.<tag>.part``, fsync-ed, renamed, and only then recorded (with the
 resume cursor) in the same transaction, so a crash never shows a half-written file and a
 resumed job continues from the last recorded file without duplicates.
+
+Patients: each file's writer also records the set of Patient ids whose data the file holds (the
+download audit's scan, app.audit.patients.PatientScan, run over the lines as they are written, in
+blocks of ``SCAN_BLOCK``), stored with the file's row, so a download is audited without reading
+the file again (docs/decisions/0014-bulk-export-snapshot.md, section 4).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from urllib.parse import parse_qsl
 import orjson
 from sqlalchemy import and_, case, func, or_, select
 
+from app.audit.patients import PatientScan
 from app.bulk import associated
 from app.bulk.params import ExportParams
 from app.bulk.snapshot import SnapshotFilter, changed_select, needs_live_index
@@ -47,6 +53,8 @@ from app.storage.tables import resource, resource_version, sp_reference
 
 # Rows per batch: a small first batch measures the type's row size, later ones hold ~batch_bytes.
 FIRST_BATCH, MIN_BATCH, MAX_BATCH = 100, 10, 20_000
+# Lines are written (and scanned for patients) in blocks of about this many bytes.
+SCAN_BLOCK = 1024 * 1024
 
 
 class JobLost(Exception):
@@ -77,6 +85,8 @@ class FinishedFile:
     name: str
     count: int
     size: int
+    # the Patient ids whose data the file holds (app.audit.patients); None: not computed
+    patients: set[str] | None = None
 
 
 def type_condition(t: str, params: ExportParams, job_id: str, level: str, registry: Any, tz: Any,
@@ -155,20 +165,28 @@ def shape_for(t: str, elements: list[str] | None) -> Shape | None:
 
 
 class PartWriter:
-    """Writes one type's lines into ``<type>-<part>.ndjson`` files of at most ``max_bytes``."""
+    """Writes one type's lines into ``<type>-<part>.ndjson`` files of at most ``max_bytes``.
+
+    Lines are collected into blocks of about ``SCAN_BLOCK`` bytes; each block is scanned for the
+    patients it concerns (``scan_patients``) and written with one call. The finished file carries
+    its patient set (``FinishedFile.patients``), computed from exactly the bytes in the file."""
 
     def __init__(self, outdir: Path, res_type: str, part: int, max_bytes: int,
                  on_finish: Callable[[FinishedFile, int, int], None], kind: str = "output",
-                 stem: str | None = None) -> None:
+                 stem: str | None = None, scan_patients: bool = True) -> None:
         self.outdir, self.res_type, self.part, self.max_bytes = outdir, res_type, part, max_bytes
         self.kind = kind
         self.stem = stem
         self.tag = uuid.uuid4().hex[:8]
         self.on_finish = on_finish
+        self.scan_patients = scan_patients
         self.fh = None
         self.size = 0
         self.count = 0
         self.last_rid = 0
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.patients: PatientScan | None = None
 
     @property
     def name(self) -> str:
@@ -182,8 +200,9 @@ class PartWriter:
         return self.outdir / f"{self.name}.{self.tag}.part"
 
     def _open(self) -> None:
-        self.fh = open(self.tmp, "wb", buffering=1024 * 1024)  # noqa: SIM115
+        self.fh = open(self.tmp, "wb")  # noqa: SIM115 - blocks of SCAN_BLOCK bytes go out in one write
         self.size = self.count = 0
+        self.patients = PatientScan(ndjson=True) if self.scan_patients else None
 
     def write(self, rid: int, line: bytes) -> None:
         n = len(line) + 1
@@ -191,26 +210,45 @@ class PartWriter:
             self.finish()
         if self.fh is None:
             self._open()
-        self.fh.write(line)
-        self.fh.write(b"\n")
+        self.pending.append(line)
+        self.pending_bytes += n
         self.size += n
         self.count += 1
         self.last_rid = rid
+        if self.pending_bytes >= SCAN_BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Scan and write the pending lines (whole lines: the scan never sees half a line)."""
+        if not self.pending:
+            return
+        block = b"\n".join(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        if self.patients is not None:
+            self.patients.feed(block)
+        self.fh.write(block)
+        self.fh.write(b"\n")
 
     def finish(self) -> None:
         if self.fh is None:
             return
+        self._flush()
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
         self.fh = None
         os.replace(self.tmp, self.outdir / self.name)
         done = FinishedFile(self.kind, self.res_type if self.kind == "output" else "Bundle", self.name,
-                            self.count, self.size)
+                            self.count, self.size, self.patients.ids if self.patients is not None else None)
+        self.patients = None
         self.part += 1
         self.on_finish(done, self.last_rid, self.part)
 
     def abandon(self) -> None:
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.patients = None
         if self.fh is not None:
             self.fh.close()
             self.fh = None
@@ -322,10 +360,11 @@ def _batch_size(avg: float | None, batch_bytes: int) -> int:
 def run_export(engine, *, job_id: str, level: str, params: ExportParams, at: datetime, registry: Any,
                tz: Any, base_url: str, outdir: Path, cursor: Cursor, file_max_bytes: int, batch_bytes: int,
                record: Callable[[FinishedFile | None, Cursor], None],
-               heartbeat: Callable[[int], None]) -> Cursor:
+               heartbeat: Callable[[int], None], scan_patients: bool = True) -> Cursor:
     """Export every type from ``cursor`` on. ``record(file, cursor)`` commits a finished file with
     the cursor to resume after it (raises JobLost when the job is no longer ours);
-    ``heartbeat(exported)`` is called after each batch.
+    ``heartbeat(exported)`` is called after each batch. With ``scan_patients`` each finished file
+    carries the Patient ids whose data it holds (``FinishedFile.patients``, for the download audit).
 
     Per type: the output pass, then (with ``_since``, for a type exported without row filters)
     the deleted pass, which lists resources deleted since ``_since`` as NDJSON transaction
@@ -348,12 +387,12 @@ def run_export(engine, *, job_id: str, level: str, params: ExportParams, at: dat
         cursor = _run_types(engine, pg, snap, tracker, job_id=job_id, level=level, params=params, at=at,
                             since=since, registry=registry, tz=tz, base_url=base_url, outdir=outdir,
                             cursor=cursor, file_max_bytes=file_max_bytes, batch_bytes=batch_bytes,
-                            record=record, heartbeat=heartbeat)
+                            record=record, heartbeat=heartbeat, scan_patients=scan_patients)
         if tracker is not None and cursor.type_idx <= len(params.types):
             cursor = _run_provenance(engine, snap, tracker, mode, job_id=job_id, params=params, at=at,
                                      registry=registry, tz=tz, base_url=base_url, outdir=outdir, cursor=cursor,
                                      file_max_bytes=file_max_bytes, batch_bytes=batch_bytes, record=record,
-                                     heartbeat=heartbeat)
+                                     heartbeat=heartbeat, scan_patients=scan_patients)
             tracker.remove()
             tracker = None
     finally:
@@ -366,7 +405,8 @@ def run_export(engine, *, job_id: str, level: str, params: ExportParams, at: dat
 def _run_types(engine, pg: bool, snap: SnapshotFilter, tracker: associated.Tracker | None, *, job_id: str,
                level: str, params: ExportParams, at: datetime, since: datetime | None, registry: Any, tz: Any,
                base_url: str, outdir: Path, cursor: Cursor, file_max_bytes: int, batch_bytes: int,
-               record: Callable[[FinishedFile | None, Cursor], None], heartbeat: Callable[[int], None]) -> Cursor:
+               record: Callable[[FinishedFile | None, Cursor], None], heartbeat: Callable[[int], None],
+               scan_patients: bool = True) -> Cursor:
     for ti in range(cursor.type_idx, len(params.types)):
         t = params.types[ti]
         shape = shape_for(t, params.elements)
@@ -388,9 +428,10 @@ def _run_types(engine, pg: bool, snap: SnapshotFilter, tracker: associated.Track
                 record(f, Cursor(_ti, last_rid, next_part, state["seq"], state["exported"], _ph))
 
             if phase == OUTPUT:
-                writer = PartWriter(outdir, t, part, file_max_bytes, on_finish)
+                writer = PartWriter(outdir, t, part, file_max_bytes, on_finish, scan_patients=scan_patients)
             else:
-                writer = PartWriter(outdir, t, part, file_max_bytes, on_finish, kind="deleted")
+                writer = PartWriter(outdir, t, part, file_max_bytes, on_finish, kind="deleted",
+                                    scan_patients=scan_patients)
             avg: float | None = None  # bytes per row of this type, learnt from the first batch
             try:
                 while True:
@@ -444,7 +485,7 @@ def _run_provenance(engine, snap: SnapshotFilter, tracker: associated.Tracker, m
                     params: ExportParams, at: datetime, registry: Any, tz: Any, base_url: str, outdir: Path,
                     cursor: Cursor, file_max_bytes: int, batch_bytes: int,
                     record: Callable[[FinishedFile | None, Cursor], None],
-                    heartbeat: Callable[[int], None]) -> Cursor:
+                    heartbeat: Callable[[int], None], scan_patients: bool = True) -> Cursor:
     """The includeAssociatedData stage (cursor ``type_idx == len(types)``): Provenance at
     transactionTime whose targets were exported, as ``Provenance-associated-<n>.ndjson``.
 
@@ -468,7 +509,7 @@ def _run_provenance(engine, snap: SnapshotFilter, tracker: associated.Tracker, m
         record(f, Cursor(ti, last_rid, next_part, state["seq"], state["exported"], phase))
 
     writer = PartWriter(outdir, "Provenance", cursor.part if resume else 1, file_max_bytes, on_finish,
-                        stem="Provenance-associated")
+                        stem="Provenance-associated", scan_patients=scan_patients)
 
     def emit(rid: int, content: Any) -> None:
         raw = content.encode() if isinstance(content, str) else content

@@ -215,7 +215,9 @@ def status(ctx: FhirContext, s: BulkSettings, job_id: str) -> Result:
                 pct = f"{min(99, int(100 * row.exported / row.total_estimate))}% " if row.total_estimate else ""
                 progress = f"{pct}({row.exported} resources exported)".strip()
             return Result(202, None, {"X-Progress": progress, "Retry-After": str(s.retry_after)})
-        files = conn.execute(select(bulk_file).where(bulk_file.c.job_id == job_id).order_by(bulk_file.c.seq)).all()
+        f = bulk_file.c  # not the patient sets (``patients``), which the manifest does not need
+        files = conn.execute(select(f.kind, f.res_type, f.name, f.count).where(f.job_id == job_id)
+                             .order_by(f.seq)).all()
     if row.state == "failed":
         body = orjson.dumps(operation_outcome([Issue("exception", f"The export failed: {row.error or 'unknown error'}")]))
         return Result(500, body, _expires(row))
@@ -252,13 +254,29 @@ def cancel(ctx: FhirContext, s: BulkSettings, job_id: str) -> Result:
 def file_path(ctx: FhirContext, s: BulkSettings, job_id: str, name: str):
     with unit_of_work(ctx.engine) as conn:
         row = load_job(conn, ctx, job_id)
-        f = conn.execute(select(bulk_file).where(bulk_file.c.job_id == job_id, bulk_file.c.name == name)).first()
+        f = conn.execute(select(bulk_file.c.name).where(bulk_file.c.job_id == job_id,
+                                                        bulk_file.c.name == name)).first()
     if f is None:
         raise FhirError(404, "not-found", "No such file in this export.")
     path = s.export_dir / job_id / f.name
     if not path.is_file():
         raise FhirError(404, "not-found", "The file is no longer available.")
     return path, row
+
+
+def pack_patients(ids: set[str] | None) -> str | None:
+    """A file's patient set as stored in ``bulk_file.patients``: sorted ids separated by spaces
+    (ids never contain one), '' for none, None (NULL) when the set was not computed."""
+    return None if ids is None else " ".join(sorted(ids))
+
+
+def file_patients(engine, job_id: str, name: str) -> set[str] | None:
+    """The Patient ids the worker recorded for an export file (the download audit's), or None
+    when none were recorded (a file written before migration 0007 or with the audit off)."""
+    with unit_of_work(engine) as conn:
+        stored = conn.execute(select(bulk_file.c.patients).where(bulk_file.c.job_id == job_id,
+                                                                 bulk_file.c.name == name)).scalar()
+    return None if stored is None else set(stored.split())
 
 
 def expiry_time(s: BulkSettings, when: datetime) -> datetime:

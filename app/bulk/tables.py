@@ -4,7 +4,9 @@
   resume point (``cursor``, JSON) live here, so a job survives a restart of the server or worker.
 - ``bulk_file``: one row per *finished* file (output or error); a file is only listed after it has
   been written under a temporary name, fsync-ed and renamed, so the manifest never shows a
-  half-written file.
+  half-written file. ``patients``: the Patient ids whose data the file holds, recorded by the
+  worker as it writes the file, for the download audit (sorted, space-separated; '' = none; NULL =
+  not recorded: a file written before migration 0007 or with the audit off, which the audit scans).
 - ``bulk_job_patient``: the patients a Patient/Group export is restricted to (the ``patient``
   parameter and/or the Group's members at kick-off), joined in SQL instead of long IN lists.
 """
@@ -62,6 +64,7 @@ bulk_file = Table(
     Column("name", String(128), nullable=False),
     Column("count", BigInteger, nullable=False),
     Column("size", BigInteger, nullable=False),
+    Column("patients", Text, nullable=True),  # migration 0007_bulk_file_patients
 )
 
 bulk_job_patient = Table(

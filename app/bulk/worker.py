@@ -23,8 +23,9 @@ from datetime import timedelta
 import orjson
 from sqlalchemy import delete, func, insert, or_, select, update
 
+from app.audit.patients import PatientScan
 from app.bulk.export import Cursor, FinishedFile, JobLost, run_export
-from app.bulk.jobs import expiry_time
+from app.bulk.jobs import expiry_time, pack_patients
 from app.bulk.params import ExportParams
 from app.bulk.settings import BulkSettings, settings_of
 from app.bulk.tables import bulk_file, bulk_job, bulk_job_patient
@@ -49,6 +50,9 @@ class Worker:
         self.base_url = (app.config.get("PUBLIC_BASE_URL") or "http://localhost/fhir").rstrip("/")
         self.s: BulkSettings = settings_of(app)
         self.id = worker_id or new_worker_id()
+        # Each file's patient set is for the download audit: not computed with the audit off
+        # (such files, like those written before migration 0007, are scanned if downloaded audited).
+        self.scan_patients = bool(app.config.get("AUDIT_ENABLED", True))
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self._last_sweep = 0.0
@@ -114,7 +118,7 @@ class Worker:
                     if f is not None:
                         conn.execute(insert(bulk_file).values(job_id=job_id, seq=cur.seq, kind=f.kind,
                                                               res_type=f.res_type, name=f.name, count=f.count,
-                                                              size=f.size))
+                                                              size=f.size, patients=pack_patients(f.patients)))
                     self._owned(conn, job_id, cursor=orjson.dumps(cur.to_json()).decode(), exported=cur.exported)
 
             def heartbeat(exported: int) -> None:
@@ -130,7 +134,7 @@ class Worker:
                 self.engine, job_id=job_id, level=job.level, params=params, at=job.transaction_time,
                 registry=self.registry, tz=self.tz, base_url=self.base_url, outdir=outdir, cursor=cursor,
                 file_max_bytes=self.s.file_max_bytes, batch_bytes=self.s.batch_bytes, record=record,
-                heartbeat=heartbeat)
+                heartbeat=heartbeat, scan_patients=self.scan_patients)
             if params.notes and not cursor.notes_done:
                 self._write_errors(job_id, outdir, params.notes, cursor, record)
             now = utcnow()
@@ -169,13 +173,19 @@ class Worker:
             {"severity": "warning", "code": "not-supported" if "not supported" in n else "not-found",
              "diagnostics": n}]})
             for n in notes]
+        body = b"".join(line + b"\n" for line in lines)
         with open(tmp, "wb") as fh:
-            fh.write(b"".join(line + b"\n" for line in lines))
+            fh.write(body)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, outdir / name)
+        patients = None
+        if self.scan_patients:  # the same scan as every other file (none expected: no references here)
+            scan = PatientScan(ndjson=True)
+            scan.feed(body)
+            patients = scan.ids
         cur = Cursor(cursor.type_idx, 0, 1, cursor.seq + 1, cursor.exported, cursor.phase, notes_done=True)
-        record(FinishedFile("error", "OperationOutcome", name, len(lines), sum(len(x) + 1 for x in lines)), cur)
+        record(FinishedFile("error", "OperationOutcome", name, len(lines), len(body), patients), cur)
 
     # --- expiry -------------------------------------------------------------------------------
     def sweep(self) -> int:
