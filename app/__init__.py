@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 import config as config_module
 from app.db import make_engine
+from app.db.engine import make_read_engine
 
 log = logging.getLogger("results_repo")
 
@@ -25,6 +26,7 @@ class State:
     registry: object
     enabled_types: frozenset[str]
     tz: ZoneInfo
+    read_engine: Engine | None = None  # PostgreSQL searches/history: sessions with the timeout set
 
 
 def default_database_url(instance_path: str) -> str:
@@ -54,11 +56,13 @@ def create_app(config: dict | None = None) -> Flask:
     from app.indexing.registry import load_registry
 
     enabled = list(app.config["ENABLED_RESOURCE_TYPES"])
+    engine = make_engine(app.config["DATABASE_URL"], echo=app.config.get("SQL_ECHO", False))
     app.extensions["results_repo"] = State(
-        engine=make_engine(app.config["DATABASE_URL"], echo=app.config.get("SQL_ECHO", False)),
+        engine=engine,
         registry=load_registry(enabled),
         enabled_types=frozenset(enabled),
         tz=ZoneInfo(app.config["SERVER_TIMEZONE"]),
+        read_engine=make_read_engine(engine, int(app.config.get("SEARCH_TIMEOUT_MS", 0) or 0)),
     )
 
     from app.auth.protect import check_startup

@@ -49,6 +49,14 @@ def statement_deadline(conn: Connection, timeout_ms: int) -> Iterator[Connection
     if timeout_ms <= 0:
         yield conn
         return
+    if conn.dialect.name == "postgresql" and conn.get_execution_options().get("statement_timeout_ms") == timeout_ms:
+        try:  # a read-engine session: the timeout was set when it connected (make_read_engine)
+            yield conn
+        except DBAPIError as exc:
+            if is_timeout(exc):
+                raise QueryTimeout(timeout_ms) from exc
+            raise
+        return
     if conn.dialect.name == "postgresql":
         # (the execution option, not get_isolation_level(): that asks the server, a round trip)
         autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT" or not conn.in_transaction()

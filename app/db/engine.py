@@ -48,6 +48,28 @@ def make_engine(url: str, echo: bool = False) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=False, pool_recycle=1800, pool_size=10, max_overflow=20)
 
 
+def make_read_engine(engine: Engine, statement_timeout_ms: int) -> Engine | None:
+    """PostgreSQL: a second, smaller pool for searches and history whose sessions have
+    ``statement_timeout`` set once, when each connects, so a search pays no ``SET``/``RESET``
+    round trips for its deadline (app.db.deadline sees the ``statement_timeout_ms`` execution
+    option and only maps the cancellation). Disposed with ``engine``. None on SQLite or without a
+    timeout: reads then use ``engine``."""
+    if engine.dialect.name != "postgresql" or statement_timeout_ms <= 0:
+        return None
+    ms = int(statement_timeout_ms)
+    read = create_engine(engine.url, echo=engine.echo, pool_pre_ping=False, pool_recycle=1800, pool_size=5,
+                         max_overflow=20, execution_options={"statement_timeout_ms": ms})
+
+    @event.listens_for(read, "connect")
+    def _timeout(dbapi_conn, _record) -> None:  # noqa: ANN001 - after SQLAlchemy's own first-connect queries
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET statement_timeout = {ms}")
+        dbapi_conn.commit()
+
+    event.listen(engine, "engine_disposed", lambda _engine: read.dispose())
+    return read
+
+
 @contextmanager
 def unit_of_work(engine: Engine, write: bool = False) -> Iterator[Connection]:
     """One database transaction: commits on success, rolls back on any exception."""

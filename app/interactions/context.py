@@ -45,6 +45,8 @@ class FhirContext:
     debug_sql: bool = False
     # Each search statement may run this long (ms, 0 = no limit; config SEARCH_TIMEOUT_MS).
     search_timeout_ms: int = 0
+    # Searches and history run here when set (app.db.engine.make_read_engine); else on engine.
+    read_engine: Any = None
     # What the caller's access token allows (app.auth.permission.Permission); None = open
     # (AUTH_REQUIRED=false without a token, CLI, loader, workers).
     permission: Any = None
@@ -77,6 +79,15 @@ class FhirContext:
             raise FhirError(400, "invalid", f"'{res_id[:80]}' is not a valid resource id ([A-Za-z0-9-.]{{1,64}}).")
 
 
+def _read_engine(state: Any, timeout_ms: int) -> Any:
+    """The read engine, if its sessions carry the timeout now configured (an operator or a
+    test may change SEARCH_TIMEOUT_MS on a running app: then searches use the main engine)."""
+    read = getattr(state, "read_engine", None)
+    if read is None or read.get_execution_options().get("statement_timeout_ms") != timeout_ms:
+        return None
+    return read
+
+
 def from_app(app, base_url: str | None = None) -> FhirContext:
     """A context for work outside a request (CLI, loader, workers). ``app`` is the Flask app."""
     from app.protect.policy import policy_of
@@ -97,5 +108,6 @@ def from_app(app, base_url: str | None = None) -> FhirContext:
         max_page_size=cfg["MAX_PAGE_SIZE"],
         debug_sql=bool(cfg.get("SEARCH_DEBUG_SQL", False)),
         search_timeout_ms=int(cfg.get("SEARCH_TIMEOUT_MS", 0) or 0),
+        read_engine=_read_engine(state, int(cfg.get("SEARCH_TIMEOUT_MS", 0) or 0)),
         labeller=policy.label if policy.rules else None,
     )

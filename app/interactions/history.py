@@ -61,7 +61,7 @@ def history(ctx: FhirContext, res_type: str | None, res_id: str | None, args: di
         except (BadSignature, ValueError, TypeError):
             raise FhirError(400, "invalid", "The paging cursor is not valid; start again from the first page.", ["_cursor"]) from None
     try:
-        with unit_of_work(ctx.engine) as conn, statement_deadline(conn, ctx.search_timeout_ms):
+        with unit_of_work(ctx.read_engine or ctx.engine) as conn, statement_deadline(conn, ctx.search_timeout_ms):
             repo = ctx.repo(conn)
             head = repo.head(res_type, res_id) if res_id is not None else None
             if res_id is not None:

@@ -367,7 +367,8 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
     one_statement = not specs and (shape.summary == "count" or total_mode == "none")
     for attempt in (1, 2):
         try:
-            with _read_connection(ctx.engine, one_statement) as conn, statement_deadline(conn, ctx.search_timeout_ms):
+            with _read_connection(ctx.read_engine or ctx.engine, one_statement) as conn, \
+                    statement_deadline(conn, ctx.search_timeout_ms):
                 rows, more, total, matches, included = fetch(conn)
             break
         except QueryTimeout:

@@ -133,3 +133,31 @@ def test_a_long_history_is_too_costly_not_a_hung_worker(tiny_timeout, long_histo
         assert len(ok.json()["entry"]) == (301 if level == "instance" else 1000)
     finally:
         app.config["SEARCH_TIMEOUT_MS"] = 1
+
+
+def test_postgresql_searches_run_on_sessions_that_carry_the_timeout(database_url) -> None:
+    """No SET/RESET round trips per search: the read pool's sessions start with the limit; the
+    main pool's sessions (writes, tokens, audit) carry none."""
+    if _dialect(database_url) != "postgresql":
+        pytest.skip("SQLite bounds statements with a progress handler")
+    from sqlalchemy import event
+
+    app = make_app(database_url, SEARCH_TIMEOUT_MS=4321)
+    state = app.extensions["results_repo"]
+    try:
+        assert state.read_engine is not None
+        statements: list[str] = []
+        event.listen(state.read_engine, "before_cursor_execute",
+                     lambda _c, _cur, stmt, *_a: statements.append(stmt))
+        client = app.test_client()
+        for _ in range(3):
+            r = client.get("/fhir/Patient?name=nobody&_total=accurate", headers=H)
+            assert r.status_code == 200, r.data[:300]
+        assert statements, "the searches did not use the read pool"
+        assert not [s for s in statements if "statement_timeout" in s.lower()]
+        with state.read_engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "4321ms"
+        with state.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
+    finally:
+        state.engine.dispose()
