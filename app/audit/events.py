@@ -46,6 +46,9 @@ SUBTYPES = {
     "export-cancel": (LOCAL_SUBTYPE, "Bulk Data export cancel"),
     "export-download": (LOCAL_SUBTYPE, "Bulk Data export file download"),
     "break-glass": (LOCAL_SUBTYPE, "Emergency access (break-glass)"),
+    "merge": (LOCAL_SUBTYPE, "Patient records merged (Patient/$merge)"),
+    "unmerge": (LOCAL_SUBTYPE, "Patient merge undone (Patient/$unmerge)"),
+    "correct-nhs-number": (LOCAL_SUBTYPE, "NHS number corrected (Patient/$correct-nhs-number)"),
     "custom": (LOCAL_SUBTYPE, "Other security event"),
 }
 
@@ -54,6 +57,7 @@ ACTIONS = {
     "create": "C", "read": "R", "vread": "R", "update": "U", "patch": "U", "delete": "D",
     "history-instance": "R", "history-type": "R", "history-system": "R",
     "search-type": "E", "search-system": "E", "batch": "E", "transaction": "E", "operation": "E",
+    "merge": "U", "unmerge": "U", "correct-nhs-number": "U",  # patient identity operations change records
 }
 
 OUTCOME_TEXT = {0: "Success", 4: "Minor failure", 8: "Serious failure", 12: "Major failure"}

@@ -1,8 +1,16 @@
 """Reading the trail as FHIR: ``AuditEvent`` search and read, from the audit tables (framework-free).
 
 Parameters: ``patient``, ``date``, ``agent``, ``entity``, ``type``, ``subtype``, ``outcome``,
-``action``, ``_id``, ``_count`` and the ``_cursor`` of the ``next`` link.  Repeating a parameter
-ANDs, commas OR.  Results are newest first (keyset paging on the event id, no OFFSET).
+``action``, ``_id``, ``_count``.  Repeating a parameter ANDs, commas OR.  Results are newest
+first (keyset paging on the event id, no OFFSET).
+
+Links (``self``, ``next``, ``previous``) are opaque, as every search link of the server
+(app.search.paging, docs/decisions/0015-opaque-search-links.md): ``AuditEvent?_cursor=<token>``,
+the search's parameters, its caller (client and token) and the page position (an event id)
+sealed inside, so no ``patient=``/``agent=``/``entity=`` value is in a generated URL.  A link
+is followed as given (with ``_format``/``_pretty`` at most); a tampered one, another caller's or
+another search's is a 400.  The statements run under the search deadline
+(``SEARCH_TIMEOUT_MS``, app/db/deadline.py): past it, 400 ``too-costly``.
 
 Who sees what (:func:`access_for`): a scope that names ``AuditEvent`` explicitly (wildcards such
 as ``system/*.rs`` do not reach the trail): ``system/AuditEvent.rs``, or ``user/AuditEvent.rs``
@@ -13,25 +21,35 @@ without other patients, queries, addresses or token ids (app/audit/render.py).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import orjson
-from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import Connection, and_, not_, or_, select
 
 from app.audit.render import render
 from app.audit.tables import audit_event, audit_patient
+from app.db.deadline import QueryTimeout, statement_deadline
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
+from app.search.paging import (
+    CURSOR_PARAM,
+    Cursor,
+    Resumed,
+    link_url,
+    open_search,
+    position,
+    seal_search,
+)
 from app.search.values import parse_date_range, split_prefix
 
 PARAMS = ("patient", "date", "agent", "entity", "type", "subtype", "outcome", "action", "_id")
-CONTROL = ("_count", "_cursor", "_format", "_pretty")
+FORMAT = ("_format", "_pretty")  # accepted, meaningless here; the only parameters a followed link may come with
+CONTROL = ("_count", *FORMAT)
+# What a link's token is bound to: its path relative to the base (app.search.paging).
+LINK_PATH = "AuditEvent"
 _TICK = timedelta(microseconds=1)
 
 
@@ -170,58 +188,82 @@ def _clause(param: str, raw: str, base_url: str, tz: ZoneInfo | None, own: froze
     return col.in_(_token(param, raw))
 
 
-def _serializer(secret: str) -> URLSafeSerializer:
-    return URLSafeSerializer(secret, salt="audit-cursor")
+def _resume(params: list[tuple[str, str]], secret: str, caller: str) -> tuple[list[tuple[str, str]], Resumed | None]:
+    """A followed link (``?_cursor=``): the search it carries replaces the parameters.  Only
+    ``_format``/``_pretty`` may come with it (as for every search link, decision 0015)."""
+    tokens = [v for k, v in params if k == CURSOR_PARAM]
+    if not tokens:
+        return params, None
+    if any(k not in (CURSOR_PARAM, *FORMAT) for k, _ in params) or len(set(tokens)) > 1:
+        raise FhirError(400, "invalid", "A paging link carries its whole search: follow it as given, without "
+                        "other search parameters (start a new search to change it).", [CURSOR_PARAM])
+    resumed = open_search(secret, caller, LINK_PATH, tokens[-1])
+    return [*resumed.params, *((k, v) for k, v in params if k != CURSOR_PARAM)], resumed
 
 
 def search(conn: Connection, params: list[tuple[str, str]], access: Access, *, base_url: str, secret: str,
            caller: str, default_count: int, max_count: int, strict: bool = False,
-           tz: ZoneInfo | None = None) -> bytes:
+           tz: ZoneInfo | None = None, timeout_ms: int = 0) -> bytes:
+    """One page of the trail, newest first.  ``conn`` should be in a transaction (one snapshot;
+    on PostgreSQL the deadline is then ``SET LOCAL``); ``timeout_ms``: each statement's limit
+    (0: none)."""
+    params, resumed = _resume(params, secret, caller)
     clauses = []
     kept: list[tuple[str, str]] = []
     count = default_count
-    cursor = None
     for k, v in params:
         name = k.split(":", 1)[0]
         if name == "_count":
             if not v.isdigit():
                 raise FhirError(400, "invalid", f"_count must be a non-negative integer, got {v[:40]!r}.", ["_count"])
             count = min(int(v), max_count)
-        elif name == "_cursor":
-            cursor = v
-        elif name in CONTROL:
+        elif k in CONTROL:
             continue
         elif name in PARAMS and name == k:
             clauses.append(_clause(name, v, base_url, tz, access.patients))
             kept.append((k, v))
         elif strict:
             raise FhirError(400, "not-supported", f"AuditEvent search does not support the parameter '{k[:64]}'.", [k[:64]])
-    digest = hashlib.sha256(("AuditEvent?" + urlencode(sorted(kept)) + "~" + caller).encode()).hexdigest()[:32]
     vis = _visible(access)
     if vis is not None:
         clauses.append(vis)
-    if cursor is not None:
-        try:
-            dig, last = _serializer(secret).loads(cursor)
-            if dig != digest:
-                raise BadSignature("other query")
-        except (BadSignature, ValueError, TypeError):
-            raise FhirError(400, "invalid", "The paging cursor is not valid for this search; start again from the first page.",
-                            ["_cursor"]) from None
-        clauses.append(audit_event.c.id < int(last))
-    rows = []
-    if count > 0:
-        rows = list(conn.execute(select(audit_event).where(*clauses).order_by(audit_event.c.id.desc()).limit(count + 1)))
-    more = len(rows) > count
-    rows = rows[:count]
-    pats = _patients_of(conn, [r.id for r in rows])
-    own = set(access.patients) if access.patients is not None else None
     path = f"{base_url}/AuditEvent"
+    # What the links carry (sealed): the parameters used, then the page size as applied.
     link_params = [*kept, ("_count", str(count))]
-    links = [{"relation": "self", "url": f"{path}?{urlencode(link_params + ([('_cursor', cursor)] if cursor else []))}"}]
-    if more and rows:
-        token = _serializer(secret).dumps([digest, rows[-1].id])
-        links.append({"relation": "next", "url": f"{path}?{urlencode([*link_params, ('_cursor', token)])}"})
+    # self: the followed link itself, or the first page's; made before the query runs.
+    self_url = link_url(path, resumed.token if resumed is not None
+                        else seal_search(secret, caller, LINK_PATH, link_params, None))
+    cur = position(resumed, [])  # the order is the event id alone: no sort-key values
+    reverse = cur is not None and cur.direction == "prev"
+    if cur is not None:
+        clauses.append(audit_event.c.id > cur.rid if reverse else audit_event.c.id < cur.rid)
+    rows: list = []
+    try:
+        with statement_deadline(conn, timeout_ms):
+            if count > 0:
+                order = audit_event.c.id.asc() if reverse else audit_event.c.id.desc()
+                rows = list(conn.execute(select(audit_event).where(*clauses).order_by(order).limit(count + 1)))
+            more = len(rows) > count
+            rows = rows[:count]
+            if reverse:
+                rows.reverse()
+            pats = _patients_of(conn, [r.id for r in rows])
+    except QueryTimeout:
+        raise FhirError(400, "too-costly", f"The AuditEvent search ran longer than this server allows ({timeout_ms} ms) "
+                        "and was stopped; narrow it (patient, agent or entity, a date range, a smaller "
+                        "_count).") from None
+    own = set(access.patients) if access.patients is not None else None
+    links = [{"relation": "self", "url": self_url}]
+    if rows:
+        # forward: a next page when there was one more row, a previous one when this page was
+        # reached by a link; backward: the page it came from is next, and more rows are previous
+        has_next = more if not reverse else True
+        has_prev = cur is not None if not reverse else more
+        for relation, direction, row, wanted in (("next", "next", rows[-1], has_next),
+                                                 ("previous", "prev", rows[0], has_prev)):
+            if wanted:
+                token = seal_search(secret, caller, LINK_PATH, link_params, Cursor(direction, (), row.id))
+                links.append({"relation": relation, "url": link_url(path, token)})
     entries = [
         entry_bytes({"fullUrl": f"{path}/{r.id}", "search": {"mode": "match"}},
                     orjson.dumps(render(r, pats[r.id], base_url, own)))

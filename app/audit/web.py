@@ -5,8 +5,9 @@ Every response carries ``X-Request-Id`` (the caller's, when it is a sane token, 
 Requests to the FHIR API (except ``/metadata`` and ``/.well-known``), the token endpoint and
 login form posts are recorded.  Reads are written before the response leaves, in a transaction of
 their own (one statement on PostgreSQL); changes were already written inside their own
-transactions by the interactions (app/audit/recorder.py).  If a read's record cannot be written,
-the caller gets a 500 instead of the data: no unrecorded access (fail closed).
+transactions by the interactions and the patient identity operations (app/audit/recorder.py).
+If a read's record cannot be written, the caller gets a 500 instead of the data: no unrecorded
+access (fail closed).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import base64
 import logging
 import re
 import uuid
+from functools import partial
 from urllib.parse import urlencode
 
 import orjson
@@ -22,8 +24,9 @@ from flask import Blueprint, Flask, Response, current_app, g, has_request_contex
 
 from app.audit.events import ACTIONS, AuditRecord, Who, outcome_for
 from app.audit.patients import patients_in, patients_in_file
-from app.audit.recorder import Recorder
+from app.audit.recorder import Followed, Recorder
 from app.audit.store import store
+from app.search.paging import open_search
 
 log = logging.getLogger("results_repo.audit")
 
@@ -86,8 +89,12 @@ def _who() -> Who:
 
 
 def attach(ctx):  # noqa: ANN001, ANN201 - a FhirContext
-    """Give the request's FhirContext its recorder (app/api/fhir.py ``ctx()``)."""
-    ctx.audit = g.get("audit")
+    """Give the request's FhirContext its recorder (app/api/fhir.py ``ctx()``), and the recorder
+    the means to open the request's search links as its caller (the context knows the caller)."""
+    rec: Recorder | None = g.get("audit")
+    ctx.audit = rec
+    if rec is not None:
+        rec.open_link = partial(open_search, ctx.secret_key, ctx.caller)
     return ctx
 
 
@@ -132,6 +139,8 @@ def _records(rec: Recorder, resp: Response) -> list[AuditRecord]:
         return out
     if ep in _SIMPLE and ACTIONS.get(_SIMPLE[ep]) in ("C", "U", "D") and status < 400 and rec.changes_written:
         return out  # written with the change, in its transaction
+    if ep in _IDENTITY_OPS and status < 400 and rec.changes_written:
+        return out  # $merge, $unmerge, $correct-nhs-number: written inside the operation's transaction
     out.append(_request_record(rec, ep, resp))
     return out
 
@@ -152,15 +161,38 @@ def _query() -> str | None:
     return q or None
 
 
-def _requested_patients(args: dict) -> set[str]:
-    """Patients the request names (URL or search parameters): recorded even when it fails."""
+def _link_path(ep: str, args: dict) -> str | None:
+    """The path a search request's links are bound to, relative to the base (as
+    app.interactions.search and app.audit.query seal them)."""
+    if ep in ("fhir.type_search", "fhir.type_search_post"):
+        return args.get("res_type")
+    if ep == "fhir.system_search":
+        return ""
+    if ep == "fhir.compartment_search":
+        return f"{args.get('comp_type')}/{args.get('comp_id')}/{args.get('res_type')}"
+    if ep in ("fhir.audit_search", "fhir.audit_search_post"):
+        return "AuditEvent"
+    return None
+
+
+def _followed(rec: Recorder, ep: str, args: dict) -> Followed | None:
+    """A search request that follows a paging link: the search the link carries (never the token)."""
+    params = list(request.args.items(multi=True))
+    if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
+        params += list(request.form.items(multi=True))
+    return rec.followed(_link_path(ep, args), params)
+
+
+def _requested_patients(args: dict, params: list[tuple[str, str]] | None = None) -> set[str]:
+    """Patients the request names (URL or search parameters; ``params``: the search a followed
+    paging link carries): recorded even when it fails."""
     out: set[str] = set()
     if args.get("res_type") == "Patient" and args.get("res_id"):
         out.add(args["res_id"])
     if args.get("comp_type") == "Patient" and args.get("comp_id"):
         out.add(args["comp_id"])
     res_type = args.get("res_type")
-    for k, v in request.args.items(multi=True):
+    for k, v in request.args.items(multi=True) if params is None else params:
         if k in _PATIENT_PARAMS or k.startswith(("patient", "subject")):
             for part in v.split(","):
                 part = part.rsplit("/_history/", 1)[0]
@@ -199,19 +231,29 @@ def _request_record(rec: Recorder, ep: str, resp: Response) -> AuditRecord:
             entity = f"Patient/{args.get('comp_id')}"
         elif ep == "fhir.audit_read":
             entity = f"AuditEvent/{args.get('event_id')}"
+        # A followed paging link: the search it carries, as page 1 records it (decision 0015).
+        followed = _followed(rec, ep, args) if ep in _SEARCH else None
+        if followed is not None:
+            patients |= _requested_patients(args, followed.params)
+            if followed.page:
+                detail = {**(detail or {}), "page": followed.page}
         if ep.startswith("fhir.audit_"):
             res_type, patients, body = "AuditEvent", set(), None  # reads of the trail: no patient fan-out
         elif ep == "fhir.system_search":
-            res_type = request.values.get("_type") or None
-        query = _query() if (subtype.startswith("search") or subtype.startswith("history")
-                             or ep.startswith("fhir.conditional") or ep == "fhir.audit_write") else None
+            res_type = (dict(followed.params).get("_type") if followed is not None
+                        else request.values.get("_type")) or None
+        if followed is not None:
+            query = followed.query
+        else:
+            query = _query() if (subtype.startswith("search") or subtype.startswith("history")
+                                 or ep.startswith("fhir.conditional") or ep == "fhir.audit_write") else None
         patients |= patients_in(body)
         return _event(rec, subtype, status, res_type=res_type, entity=entity, query=query, detail=detail,
                       patients=patients)
-    if ep in _IDENTITY_OPS:  # $merge, $unmerge, $correct-nhs-number: the Patients they name
+    if ep in _IDENTITY_OPS:  # a refused or failed $merge, $unmerge, $correct-nhs-number, or a preview
         entity = f"Patient/{args['res_id']}" if args.get("res_id") else None
         return _event(rec, _IDENTITY_OPS[ep], status, res_type="Patient", entity=entity,
-                      detail=detail, patients=patients | patients_in(body) | patients_in(request.get_data()))
+                      detail=detail, patients=patients | patients_in(body) | rec.named)
     # anything else under /fhir (an unknown URL, a method not allowed)
     return _event(rec, "operation", status, query=request.full_path[:2000], detail=detail)
 
@@ -224,12 +266,18 @@ def _export_record(rec: Recorder, ep: str, args: dict, status: int, detail: dict
     if ep == "fhir.bulk_file":
         patients: set[str] = set()
         name = args.get("name", "")
-        if status == 200:
+        if status in (200, 206):  # a Range request (206) gets the whole file's set: never fewer
+            from app.bulk.jobs import file_patients
             from app.bulk.settings import settings_of
 
-            path = settings_of(current_app).export_dir / job / name
-            if path.is_file():
-                patients = patients_in_file(path)
+            # the set the worker recorded while writing the file (the same scan, done once)
+            stored = file_patients(current_app.extensions["results_repo"].engine, job, name)
+            if stored is not None:
+                patients = stored
+            else:  # written before migration 0007, or with the audit off: scan the file
+                path = settings_of(current_app).export_dir / job / name
+                if path.is_file():
+                    patients = patients_in_file(path)
         return _event(rec, "export-download", status, type_="110106", entity=f"export/{job}/{name}",
                       res_type=name.split(".")[0] or None, detail=detail, patients=patients)
     level = {"fhir.bulk_export_group": "group", "fhir.bulk_export_patient": "patient"}.get(ep, "system")
@@ -331,10 +379,12 @@ def register_audit_routes(bp: Blueprint) -> None:
 
         c = _ctx()
         access = q.access_for(c.permission, "s")
-        with c.engine.connect() as conn:
+        # a transaction: one snapshot for the page and its patients, and SET LOCAL for the deadline
+        with c.engine.connect() as conn, conn.begin():
             body = q.search(conn, params, access, base_url=c.base_url, secret=c.secret_key, caller=c.caller,
                             default_count=c.default_page_size, max_count=c.max_page_size,
-                            strict=prefer_handling(request) == "strict", tz=c.tz)
+                            strict=prefer_handling(request) == "strict", tz=c.tz,
+                            timeout_ms=c.search_timeout_ms)
         return Response(body, content_type="application/fhir+json; charset=utf-8")
 
     @bp.get("/AuditEvent", endpoint="audit_search")

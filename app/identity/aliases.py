@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, Engine, or_, select
 
+from app.auth.invalidation import generation_of
 from app.db import unit_of_work
 from app.identity.tables import patient_merge
 from app.search.expr import And, Match, Node, Not, Or, ReferenceValue
@@ -97,6 +98,29 @@ def _widen(node: Node, groups: dict[str, frozenset[str]]) -> Node:
     return node
 
 
+# Per process and database: every Patient id in an active merge, read at most once per
+# invalidation generation (merges and unmerges announce themselves, app.auth.invalidation), so
+# a search naming a patient who was never merged costs no query. SQLite: not cached.
+_merged: dict[int, tuple[int, frozenset[str]]] = {}
+
+
+def _merged_ids(engine: Any) -> frozenset[str] | None:
+    if not isinstance(engine, Engine):  # a transaction's own connection: ask the database
+        return None
+    listener, generation = generation_of(engine)
+    if listener is None:
+        return None
+    hit = _merged.get(id(engine))
+    if hit is not None and listener.trusted(hit[0]):
+        return hit[1]
+    with unit_of_work(engine) as conn:
+        rows = conn.execute(select(patient_merge.c.source_id, patient_merge.c.target_id)
+                            .where(patient_merge.c.unmerged_at.is_(None))).all()
+    ids = frozenset(x for row in rows for x in row)
+    _merged[id(engine)] = (generation, ids)  # the generation from before the read
+    return ids
+
+
 def widen(engine: Any, tree: Node, compartment: str | None, memo: dict) -> tuple[Node, list[str]]:
     """(the tree with merged Patient ids widened, the compartment ids to OR over)."""
     ids: set[str] = set()
@@ -104,6 +128,9 @@ def widen(engine: Any, tree: Node, compartment: str | None, memo: dict) -> tuple
     if compartment is not None:
         ids.add(compartment)
     if not ids:
+        return tree, [compartment] if compartment is not None else []
+    known = _merged_ids(engine)
+    if known is not None and known.isdisjoint(ids):  # the usual case: nobody here was merged
         return tree, [compartment] if compartment is not None else []
     key = frozenset(ids)
     groups = memo.get(key)

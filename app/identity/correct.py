@@ -19,12 +19,20 @@ from app.db import unit_of_work
 from app.fhir import nhs_number
 from app.fhir.errors import FhirError
 from app.fhir.nhs_number import NHS_NUMBER_SYSTEM
-from app.identity.merge import _body, _head, _locked_heads, require_merge_permission
+from app.identity.merge import (
+    _body,
+    _head,
+    _locked_heads,
+    audit,
+    note_named,
+    require_merge_permission,
+)
 from app.identity.params import one, parameters
 from app.identity.provenance import provenance
 from app.identity.rules import merged_into, official_nhs_number
 from app.interactions.common import version_headers
 from app.interactions.context import FhirContext, Result
+from app.protect.writes import refuse_withheld_rids
 from app.storage.repository import VersionConflict, conflict, new_id
 from app.storage.tables import resource
 
@@ -46,6 +54,7 @@ def corrected(patient: dict, new: str) -> dict:
 
 def correct_nhs_number(ctx: FhirContext, res_id: str, body: object) -> Result:
     ctx.check_id(res_id)
+    note_named(ctx, None, res_id)
     params = parameters(body, "Patient/$correct-nhs-number", {"nhs-number", "reason"})
     new = one(params, "nhs-number", "valueString", str)
     reason = one(params, "reason", "valueString", str)
@@ -61,6 +70,7 @@ def correct_nhs_number(ctx: FhirContext, res_id: str, body: object) -> Result:
             raise FhirError(404, "not-found", f"Patient/{res_id} is not known to this server.")
         if rows[0][4]:
             raise FhirError(410, "deleted", f"Patient/{res_id} was deleted.")
+        refuse_withheld_rids(ctx, conn, [rows[0][0]])  # a Patient withheld from the token: 403
         into = merged_into(conn, res_id)
         if into is not None:
             raise FhirError(409, "conflict", f"Patient/{res_id} was merged into Patient/{into}; correct that Patient.")
@@ -75,6 +85,9 @@ def correct_nhs_number(ctx: FhirContext, res_id: str, body: object) -> Result:
             raise conflict(exc, False) from None
         prov = provenance("amend", "Amend (Update) Record Lifecycle Event", [("Patient", res_id, stored.version)],
                           [("Patient", res_id, head.version)], ctx.permission, f"NHS number correction: {reason.strip()}")
-        repo.create(prov, res_id=new_id(), method="POST")
+        prov_id = new_id()
+        repo.create(prov, res_id=prov_id, method="POST")
         repo.flush()
+        audit(ctx, conn, "correct-nhs-number", f"Patient/{res_id}/_history/{stored.version}", [stored], {res_id},
+              {"description": f"NHS number of Patient/{res_id} corrected", "provenance": f"Provenance/{prov_id}"})
     return Result(200, stored.content.encode(), headers=version_headers(ctx, stored), resource=stored.content.encode())

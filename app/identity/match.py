@@ -20,6 +20,7 @@ from app.fhir.validation import validate_resource
 from app.identity.params import one, parameters
 from app.identity.scoring import demographics, grade
 from app.interactions.context import FhirContext, Result
+from app.protect.labels import bundle_label
 from app.search import find_matches
 
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
@@ -96,11 +97,16 @@ def match(ctx: FhirContext, body: object) -> Result:
             scored.append((GRADE_ORDER[g], -s, stored.res_id, (stored, s, g)))
     scored.sort(key=lambda x: x[:3])
     entries = []
-    for _o, _s, _id, (stored, s, g) in scored[:count]:
+    shown = scored[:count]
+    for _o, _s, _id, (stored, s, g) in shown:
         entry = {
             "fullUrl": f"{ctx.base_url}/Patient/{stored.res_id}",
             "search": {"extension": [{"url": MATCH_GRADE, "valueCode": g}], "mode": "match", "score": s},
         }
         entries.append(entry_bytes(entry, stored.content))
-    envelope = {"resourceType": "Bundle", "type": "searchset", "total": len(entries)}
+    envelope: dict = {"resourceType": "Bundle"}
+    label = bundle_label(x[3][0].content for x in shown)
+    if label is not None:  # like every search Bundle: its most confidential entry's level
+        envelope["meta"] = {"security": [label]}
+    envelope.update({"type": "searchset", "total": len(entries)})
     return Result(200, bundle_bytes(envelope, entries))

@@ -29,6 +29,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, and_, or_, select, update
 
+from app.audit.patients import patients_in
+from app.auth.invalidation import announce, settle
 from app.auth.permission import forbidden
 from app.db import unit_of_work
 from app.fhir.errors import FhirError, info_outcome
@@ -39,6 +41,7 @@ from app.identity.provenance import provenance
 from app.identity.rules import merged_into, official_nhs_number
 from app.identity.tables import patient_merge
 from app.interactions.context import FhirContext, Result
+from app.protect.writes import refuse_withheld_patients, refuse_withheld_rids
 from app.search import find_matches
 from app.storage.references import parse_reference, rewrite_strings
 from app.storage.repository import (
@@ -93,6 +96,9 @@ def _by_identifier(ctx: FhirContext, conn: Connection, ident: dict, name: str) -
         raise FhirError(400, "invalid", f"The identifier in '{name}' needs a system and a value.")
     rows = find_matches(conn, ctx.registry, "Patient", [("identifier", f"{system}|{value}")], base_url=ctx.base_url,
                         tz=ctx.tz, limit=2)
+    if rows:  # a match the token may not see is refused, not used (like a conditional write)
+        note_named(ctx, None, *(r[1] for r in rows))
+        refuse_withheld_rids(ctx, conn, (r.rid for r in rows))
     if not rows:
         raise FhirError(404, "not-found", f"No Patient has the identifier given in '{name}'.")
     if len(rows) > 1:
@@ -118,6 +124,7 @@ def resolve(ctx: FhirContext, conn: Connection, params: dict[str, list[dict]], r
         ids.add(_by_identifier(ctx, conn, ident, name))
     if not ids:
         raise FhirError(400, "required", f"Patient/$merge needs '{name}' (a reference) or '{name}-identifier'.")
+    refuse_withheld_patients(ctx, conn, ids)  # a Patient withheld from the token: 403, nothing changed
     if len(ids) > 1:
         raise FhirError(422, "processing", f"The reference and identifiers given for the {role} patient name "
                         f"different Patients ({', '.join('Patient/' + i for i in sorted(ids))}).")
@@ -214,6 +221,33 @@ def _summary(rows: list[tuple]) -> str:
     return ", ".join(f"{n} {t}" for t, n in sorted(by.items())) or "no other resources"
 
 
+def audit(ctx: FhirContext, conn: Connection, subtype: str, entity: str, written: list[Stored], patients: set[str],
+          detail: dict) -> None:
+    """The operation's AuditEvent (subtype merge / unmerge / correct-nhs-number), written on
+    ``conn`` inside the operation's transaction after every other write: it commits with the
+    change or not at all (a failed operation gets the HTTP layer's failure event instead).  The
+    patients: those named, and every patient a written version references (the merged group)."""
+    if ctx.audit is None:
+        return
+    named = set(patients)
+    for s in written:
+        named |= patients_in(s.content)
+        if s.res_type == "Patient":
+            named.add(s.res_id)
+    ctx.audit.operation(conn, subtype, res_type="Patient", entity=entity, patients=named, detail=detail)
+
+
+def note_named(ctx: FhirContext, body: object = None, *ids: str) -> None:
+    """Tell the request's audit recorder which patients the request names (the Patient
+    references in its body, and the ids resolved from identifiers), so that a refused or failed
+    operation's event names them too (the body itself is not kept by the HTTP layer)."""
+    if ctx.audit is None:
+        return
+    if isinstance(body, dict):
+        ctx.audit.named |= patients_in(orjson.dumps(body))
+    ctx.audit.named.update(i for i in ids if i)
+
+
 def _out(body: Any, outcome: dict, result: str | None) -> Result:
     params: list[dict] = [{"name": "input", "resource": body}, {"name": "outcome", "resource": outcome}]
     out = orjson.dumps({"resourceType": "Parameters", "parameter": params})
@@ -224,6 +258,7 @@ def _out(body: Any, outcome: dict, result: str | None) -> Result:
 
 # ---- merge ----------------------------------------------------------------------------------
 def merge(ctx: FhirContext, body: object) -> Result:
+    note_named(ctx, body)
     params = parameters(body, "Patient/$merge", MERGE_PARAMS)
     if params.get("result-patient"):
         raise FhirError(400, "not-supported", "This server builds the merged Patient itself; 'result-patient' is not "
@@ -236,7 +271,9 @@ def merge(ctx: FhirContext, body: object) -> Result:
     with unit_of_work(ctx.engine, write=True) as conn:
         repo = ctx.repo(conn)
         source_id = resolve(ctx, conn, params, "source")
+        note_named(ctx, None, source_id)
         target_id = resolve(ctx, conn, params, "target")
+        note_named(ctx, None, target_id)
         if source_id == target_id:
             raise FhirError(422, "business-rule", "The source and target patient are the same Patient.")
         for pid, role in ((source_id, "source"), (target_id, "target")):
@@ -269,8 +306,13 @@ def merge(ctx: FhirContext, body: object) -> Result:
                   for s in written]
         conn.execute(patient_merge.insert().values(id=prov_id, source_id=source_id, target_id=target_id,
                                                    merged_at=utcnow(), detail=orjson.dumps(detail).decode()))
+        announce(conn)  # every process's merged-id cache (app.identity.aliases), at commit
         repo.flush()
+        audit(ctx, conn, "merge", f"Patient/{source_id}/_history/{written[0].version}", written,
+              {source_id, target_id}, {"description": f"Merged {what}", "target": f"Patient/{target_id}",
+                                       "provenance": f"Provenance/{prov_id}"})
         result = written[1].content
+    settle()  # committed: return once every worker searches with the new group
     return _out(body, info_outcome(f"Merged {what}. Recorded as Provenance/{prov_id}."), result)
 
 
@@ -285,6 +327,7 @@ def _write(repo: Repository, items: list[tuple[Head, dict, str]]) -> list[Stored
 
 # ---- unmerge --------------------------------------------------------------------------------
 def unmerge(ctx: FhirContext, body: object) -> Result:
+    note_named(ctx, body)
     params = parameters(body, "Patient/$unmerge", UNMERGE_PARAMS)
     preview = bool(one(params, "preview", "valueBoolean", bool))
     reason = one(params, "reason", "valueString", str)
@@ -297,11 +340,13 @@ def unmerge(ctx: FhirContext, body: object) -> Result:
     require_merge_permission(ctx, set())
     with unit_of_work(ctx.engine, write=True) as conn:
         repo = ctx.repo(conn)
+        refuse_withheld_patients(ctx, conn, [source_id])  # withheld from the token: 403, nothing said
         rec = conn.execute(
             select(patient_merge).where(patient_merge.c.source_id == source_id, patient_merge.c.unmerged_at.is_(None))
         ).first()
         if rec is None:
             raise FhirError(422, "business-rule", f"Patient/{source_id} is not merged into another Patient.")
+        refuse_withheld_patients(ctx, conn, [rec.target_id])
         t_ref = one(params, "target-patient", "valueReference", dict)
         if t_ref is not None and _ref_id(ctx, t_ref, "target-patient")[0] != rec.target_id:
             raise FhirError(422, "business-rule", f"Patient/{source_id} was merged into Patient/{rec.target_id}, not the "
@@ -332,7 +377,13 @@ def unmerge(ctx: FhirContext, body: object) -> Result:
         repo.create(prov, res_id=prov_id, method="POST")
         conn.execute(update(patient_merge).where(patient_merge.c.id == rec.id)
                      .values(unmerged_at=utcnow(), unmerge_provenance_id=prov_id))
+        announce(conn)
         repo.flush()
+        src = next((s for s in written if s.res_type == "Patient" and s.res_id == source_id), None)
+        audit(ctx, conn, "unmerge", f"Patient/{source_id}" + (f"/_history/{src.version}" if src else ""), written,
+              {source_id, rec.target_id}, {"description": f"Unmerged {what}", "target": f"Patient/{rec.target_id}",
+                                           "provenance": f"Provenance/{prov_id}"})
+    settle()
     return _out(body, info_outcome(f"Unmerged {what}. Recorded as Provenance/{prov_id}."), None)
 
 

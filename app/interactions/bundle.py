@@ -22,6 +22,7 @@ from app.interactions import read as read_ix
 from app.interactions import write as write_ix
 from app.interactions.common import check_references, find, parse_if_match, validated
 from app.interactions.context import ID_RE, TYPE_RE, FhirContext, Result
+from app.protect.labels import bundle_label
 from app.storage.references import rewrite_strings
 from app.storage.repository import Repository, Stored, new_id
 
@@ -278,6 +279,7 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
         _prefetch(repo, entries)
         written: list[tuple[str, dict]] = []
         stored_by: dict[int, Stored] = {}
+        unreadable: set[int] = set()
         deleted: list[Entry] = []
         for e in sorted(entries, key=lambda x: (ORDER[x.method], x.index)):
             try:
@@ -295,6 +297,8 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
                 elif e.method == "POST":
                     if e.existing:
                         stored, status = repo.read(e.res_type, e.target_id), 200
+                        if write_ix.unreadable_match(ctx, conn, stored):
+                            unreadable.add(e.index)  # named in the response, not shown
                     else:
                         stored, status = write_ix.create_in(ctx, repo, e.res_type, e.resource, None, res_id=e.target_id)
                         written.append((f"Bundle.entry[{e.index}]", e.resource))
@@ -321,7 +325,10 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
                     stored_by[e.index] = stored
                 else:
                     repo.flush()
-                    e.body, e.result = _get(replace(ctx, engine=_Joined(conn)), e)
+                    e.body, e.result = _get(replace(ctx, engine=_Joined(conn), read_engine=None), e)
+                    if ctx.search_timeout_ms > 0 and conn.dialect.name == "postgresql":
+                        # the read's SET LOCAL statement_timeout must not bound what follows
+                        conn.exec_driver_sql("SET LOCAL statement_timeout TO DEFAULT")
             except FhirError as err:
                 raise _fail(e.index, err) from None
         check_references(repo, written)
@@ -334,16 +341,31 @@ def transaction(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
         if ctx.audit is not None:  # one record per entry, committed with the transaction or not at all
             ctx.audit.changed_many(conn, _audit_changes(entries, stored_by))
     out: list[bytes] = []
+    contents: list[bytes] = []
     for e in entries:
         content = None
         if e.body is not None:
             content = e.body
-        elif representation and e.index in stored_by and stored_by[e.index].content:
+        elif representation and e.index in stored_by and stored_by[e.index].content and e.index not in unreadable:
             content = stored_by[e.index].content.encode()
         entry = {"fullUrl": f"{ctx.base_url}/{stored_by[e.index].res_type}/{stored_by[e.index].res_id}"} if e.index in stored_by else {}
         entry["response"] = e.result
         out.append(entry_bytes(entry, content))
-    return Result(200, bundle_bytes({"resourceType": "Bundle", "type": "transaction-response"}, out))
+        if content is not None:
+            contents.append(content)
+    return Result(200, bundle_bytes(_envelope("transaction-response", contents), out))
+
+
+def _envelope(kind: str, contents: list[bytes]) -> dict:
+    """A batch/transaction response's envelope: like a search Bundle, it carries the highest
+    confidentiality of the resources it returns as its own label (a returned search or history
+    Bundle counts by its own label); none when nothing it returns is labelled."""
+    envelope: dict = {"resourceType": "Bundle"}
+    label = bundle_label(contents)
+    if label is not None:
+        envelope["meta"] = {"security": [label]}
+    envelope["type"] = kind
+    return envelope
 
 
 def _audit_changes(entries: list[Entry], stored_by: dict[int, Stored]) -> list:
@@ -430,6 +452,7 @@ def _qs(query: str | None) -> list[tuple[str, str]]:
 def batch(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
     entries = _parse_entries(ctx, bundle)
     out: list[bytes] = []
+    contents: list[bytes] = []
     for e in entries:
         content = None
         entry: dict = {}
@@ -467,9 +490,11 @@ def batch(ctx: FhirContext, bundle: dict, representation: bool) -> Result:
             if ctx.audit is not None:
                 ctx.audit.entry_failed(e.method, e.url, 500)
         out.append(entry_bytes(entry, content))
+        if content is not None:
+            contents.append(content)
     if ctx.audit is not None:
         ctx.audit.entry = None
-    return Result(200, bundle_bytes({"resourceType": "Bundle", "type": "batch-response"}, out))
+    return Result(200, bundle_bytes(_envelope("batch-response", contents), out))
 
 
 def _run_single(ctx: FhirContext, e: Entry) -> Result:

@@ -44,8 +44,27 @@ def find(ctx: FhirContext, conn: Connection, res_type: str, query: str, limit: i
     params = parse_query(query)
     if not params:
         raise FhirError(400, "invalid", f"A conditional {res_type} operation needs search criteria.")
-    return find_matches(conn, ctx.registry, res_type, params, base_url=ctx.base_url, tz=ctx.tz, limit=limit,
+    rows = find_matches(conn, ctx.registry, res_type, params, base_url=ctx.base_url, tz=ctx.tz, limit=limit,
                         rewrite=conditional_rewrite(ctx, res_type, letter))
+    if rows and set(letter) & set("cud"):
+        refuse_withheld_match(ctx, conn, res_type, rows)
+    return rows
+
+
+def refuse_withheld_match(ctx: FhirContext, conn: Connection, res_type: str, rows: list) -> None:
+    """A conditional write (If-None-Exist, conditional update, patch or delete) whose criteria
+    match a resource carrying a label the token is not cleared for: 403, nothing written.  The
+    match counts as a match (no duplicate is created beside it, it is not overwritten or deleted
+    unseen) and its id, version and content are not disclosed (docs/decisions/0011)."""
+    perm = ctx.permission
+    if perm is None or not perm.withheld:
+        return
+    from app.protect.labels import labelled_rids
+
+    if labelled_rids(conn, (r.rid for r in rows), perm.withheld):
+        raise FhirError(403, "forbidden", f"The conditional criteria match a {res_type} that this access token may not "
+                        "see (it carries a security label the token is not cleared for); nothing was written. Such "
+                        "writes need a token cleared for that label.")
 
 
 def check_references(repo: Repository, bodies: list[tuple[str, dict]]) -> None:

@@ -7,6 +7,7 @@ work (transactions and batches) and leave reference checks to the caller when as
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import jsonpatch
 import orjson
@@ -22,6 +23,7 @@ from app.interactions.common import (
     version_headers,
 )
 from app.interactions.context import FhirContext, Result
+from app.protect.writes import refuse_withheld_target
 from app.storage.repository import Repository, Stored, VersionConflict, conflict, content_hash
 
 
@@ -90,6 +92,13 @@ def create(ctx: FhirContext, res_type: str, body: object, if_none_exist: str | N
     return _create(ctx, res_type, body, if_none_exist)
 
 
+def unreadable_match(ctx: FhirContext, conn: Connection, stored: Stored) -> bool:
+    """If-None-Exist matched a resource the token may not read (a create-only sender): the
+    answer names it (Location, ETag) but does not carry its content."""
+    perm = ctx.permission
+    return perm is not None and not perm.row_allowed(conn, stored.res_type, stored.rid, "r")
+
+
 def _create(ctx: FhirContext, res_type: str, body: dict, if_none_exist: str | None) -> Result:
     with unit_of_work(ctx.engine, write=True) as conn:
         repo = ctx.repo(conn)
@@ -97,10 +106,11 @@ def _create(ctx: FhirContext, res_type: str, body: dict, if_none_exist: str | No
         if status == 201:
             check_references(repo, [(f"{res_type}", body)])
             repo.flush()
+        hidden = status == 200 and unreadable_match(ctx, conn, stored)
         _audit(ctx, conn, "create", stored, status, res_type, None,
                None if status == 201 else "If-None-Exist matched an existing resource; nothing was created")
     msg = "Created." if status == 201 else "A matching resource exists (If-None-Exist); nothing was created."
-    return _result(ctx, stored, status, msg)
+    return _result(ctx, replace(stored, content=None) if hidden else stored, status, msg)
 
 
 # ---- update ---------------------------------------------------------------------------------
@@ -121,6 +131,8 @@ def update_in(
     head = repo.head(res_type, res_id)
     letter = "u" if head is not None and not head.deleted else "c"  # update-as-create needs c
     guard_write_target(ctx, repo.conn, res_type, res_id, head, letter)
+    if head is not None and not head.deleted:  # a withheld resource is not replaced unseen: 403
+        refuse_withheld_target(ctx, repo.conn, res_type, res_id, head.rid)
     if if_match is not None and (head is None or head.version != if_match):
         current = "does not exist" if head is None else f"is at version {head.version}"
         raise FhirError(412, "conflict", f"If-Match asked for version {if_match} but {res_type}/{res_id} {current}.")
@@ -225,6 +237,10 @@ def patch_in(ctx: FhirContext, repo: Repository, res_type: str, res_id: str, pat
         raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
     if current.deleted:
         raise FhirError(410, "deleted", f"{res_type}/{res_id} was deleted; it cannot be patched.")
+    # Before the patch touches the content (a failing "test" operation's error quotes the value):
+    # the resource must be one the token may update, and not one withheld from it (403).
+    guard_write_target(ctx, repo.conn, res_type, res_id, current, "u")
+    refuse_withheld_target(ctx, repo.conn, res_type, res_id, current.rid)
     if if_match is not None and current.version != if_match:
         raise FhirError(412, "conflict", f"If-Match asked for version {if_match} but {res_type}/{res_id} is at version {current.version}.")
     body = validated(ctx, apply_patch(current, patch), res_type)
@@ -284,6 +300,8 @@ def delete_in(
     guard_write_target(ctx, repo.conn, res_type, res_id, head, "d")
     if head is None:
         raise FhirError(404, "not-found", f"{res_type}/{res_id} is not known to this server.")
+    if not head.deleted:  # a withheld resource is not deleted unseen: 403
+        refuse_withheld_target(ctx, repo.conn, res_type, res_id, head.rid)
     if if_match is not None and head.version != if_match:
         raise FhirError(412, "conflict", f"If-Match asked for version {if_match} but {res_type}/{res_id} is at version {head.version}.")
     if head.deleted:

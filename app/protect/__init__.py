@@ -6,6 +6,7 @@
 - clearance.py: which labels a registered client or user may see, and the break-glass right;
 - alerts.py: the break-glass alert records a privacy officer lists and acknowledges;
 - enforce.py: per request, the token's withheld labels and the ``X-Break-Glass`` header;
+- writes.py: writes by id and identity operations aimed at a withheld resource are refused (403);
 - views.py and cli.py: the privacy officer's endpoint and the operators' commands.
 
 Decision record: docs/decisions/0011-sensitive-results.md; operators: docs/security.md.

@@ -134,6 +134,17 @@ def labelled(rid_col: Any, withheld: frozenset[Label]) -> Any:
                                            _labels_match(frozenset(withheld))))
 
 
+def labelled_rids(conn: Any, rids: Iterable[int], labels: frozenset[Label]) -> set[int]:
+    """Which of the resources ``rids`` (current rows) carry one of ``labels`` (their
+    ``_security`` index rows): one indexed query, for a handful of conditional matches."""
+    rids = list(rids)
+    if not rids or not labels:
+        return set()
+    stmt = select(_SEC.c.rid).where(_SEC.c.rid.in_(rids), _SEC.c.param == SECURITY_PARAM,
+                                    _labels_match(frozenset(labels)))
+    return set(conn.execute(stmt).scalars())
+
+
 def _contains(col: Any, text: str, dialect: str) -> Any:
     """Case-sensitive substring test (SQLite's LIKE ignores ASCII case)."""
     fn = func.strpos(col, text) if dialect == "postgresql" else func.instr(col, text)

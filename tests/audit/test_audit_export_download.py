@@ -250,3 +250,20 @@ def test_audit_off_worker_records_no_set_and_the_download_falls_back(live, tok, 
     assert _stored(audit_app, url) is None
     body, ev = _download(live, tok, url)
     assert len(scans) == 1 and patients(ev) == {p["a"], p["b"], p["c"]} == old_scan(body)
+
+
+def test_a_range_download_names_the_files_patients(live, tok, audit_app, data, scans):
+    """A partial download (Range, 206) is audited with the file's whole patient set: an auditor
+    may be told of more patients than the part held, never of fewer."""
+    p = data["p"]
+    m = _export(live, tok, audit_app, f"{live.base}/$export", {"_type": "Observation"})
+    url = m["output"][0]["url"]
+    req = rid()
+    r = requests.get(url, headers={"Authorization": f"Bearer {tok['exporter']}", "X-Request-Id": req,
+                                   "Accept": "application/fhir+ndjson", "Range": "bytes=0-99"})
+    assert r.status_code == 206, r.text[:300]
+    assert len(r.content) == 100
+    (ev,) = events(live.base, tok["auditor"], req)
+    assert (subtype(ev), ev["outcome"]) == ("export-download", "0")
+    assert patients(ev) == {p["a"], p["b"], p["c"]}
+    assert scans == []

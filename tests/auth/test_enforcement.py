@@ -474,6 +474,33 @@ def test_conditional_operations_only_see_the_compartment(w, a, admin) -> None:
     assert admin.get(f"Observation/{w['pb-lab']}").json()["status"] == "final"
 
 
+def test_a_create_only_sender_whose_if_none_exist_matches_is_not_shown_the_match(w, tok, admin) -> None:
+    """A lab system may create results but not read them: its duplicate-avoiding create is
+    told which resource matched (Location, ETag) but not given its content, plain or in a
+    transaction with return=representation."""
+    sender = tok("system/Observation.c", client_id="lab-sender")
+    criteria = f"_id={w['pb-lab']}"
+    for prefer in (None, "return=representation"):
+        headers = {"If-None-Exist": criteria, **({"Prefer": prefer} if prefer else {})}
+        r = sender.post("Observation", new_obs(w["pb"]), **headers)
+        assert r.status_code == 200, r.text
+        assert f"/Observation/{w['pb-lab']}/_history/" in r.headers["Location"]
+        assert r.headers["ETag"]
+        assert b"valueQuantity" not in r.content and b'"Observation"' not in r.content
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0b3a1f56-8f59-4e4c-9d3e-1d0c5d6c9a11", "resource": new_obs(w["pb"]),
+         "request": {"method": "POST", "url": "Observation", "ifNoneExist": criteria}}]}
+    r = sender.post("", bundle, Prefer="return=representation")
+    assert r.status_code == 200, r.text
+    entry = r.json()["entry"][0]
+    assert entry["response"]["status"].startswith("200")
+    assert w["pb-lab"] in entry["response"]["location"]
+    assert "resource" not in entry
+    # a sender that may read gets the match, as before
+    r = admin.post("Observation", new_obs(w["pb"]), **{"If-None-Exist": criteria})
+    assert r.status_code == 200 and r.json()["id"] == w["pb-lab"]
+
+
 # ---- batch and transaction --------------------------------------------------------------------
 
 

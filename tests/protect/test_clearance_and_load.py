@@ -112,8 +112,10 @@ def test_results_repo_load_labels_on_arrival(protect_app, protect_server, data, 
 
 
 def test_labels_are_kept_when_a_patch_or_update_drops_them(protect_app, protect_server, data) -> None:
-    """While the code stays sensitive, an update without labels is labelled again."""
-    w = data["writer"]
+    """While the code stays sensitive, an update without labels is labelled again.  (The writer
+    is cleared for the label: an uncleared one may not update it at all, test_withheld_writes.)"""
+    w = Fhir(protect_server.base, token(protect_app, backend_client(protect_app, "system/*.cruds", "STD"),
+                                        "system/*.cruds"))
     body = observation(data["std"], data["pid"], CHLAMYDIA_CODE)
     assert w.put(f"Observation/{data['std']}", {**body, "status": "amended"}).status_code == 200
     cleared = Fhir(protect_server.base, token(protect_app, backend_client(protect_app, "system/*.rs", "*"),
