@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, Select, and_, func, select, union_all
@@ -64,6 +65,7 @@ from app.search.plan import Aliases, compile_tree, count_query, page_rids
 from app.search.rewrite import restrict_to_compartment
 from app.search.shape import parse_shape, shape_resource
 from app.search.sort import SortKey, parse_sort, sort_expression
+from app.search.template import Binder, NotTemplatable, templates_for, walk
 from app.storage.tables import resource, resource_version
 
 TOTAL_MODES = ("none", "estimate", "accurate")
@@ -204,19 +206,19 @@ def _effective_tree(ctx: FhirContext, scope: _Scope, reqs: dict[str, SearchReque
     return tree
 
 
-def _match_query(ctx: FhirContext, scope: _Scope, reqs: dict[str, SearchRequest], keys: list[SortKey],
+def _match_query(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey],
                  bound: tuple[str, int] | None = None, limit: int | None = None):
     """One Select per type (rid, res_type, res_id, version, k0..kn), UNION ALL-ed, as a subquery.
 
-    ``bound``: the page's keyset bound on ``rid`` when ``rid`` is the whole order (no sort keys),
-    pushed down into every index subquery (app.search.plan.compile_tree); ``limit``: the page
-    size + 1, which in ``rid`` order compile_tree may apply on the index tables already.
+    ``trees``: each type's effective tree (``_effective_tree``).  ``bound``: the page's keyset
+    bound on ``rid`` when ``rid`` is the whole order (no sort keys), pushed down into every index
+    subquery (app.search.plan.compile_tree); ``limit``: the page size + 1, which in ``rid`` order
+    compile_tree may apply on the index tables already.
     """
     branches: list[Select] = []
     for t in scope.types:
-        tree = _effective_tree(ctx, scope, reqs, t)
         aliases = Aliases()
-        sel = compile_tree(t, tree, bound, None if keys else limit, aliases).add_columns(resource.c.res_type)
+        sel = compile_tree(t, trees[t], bound, None if keys else limit, aliases).add_columns(resource.c.res_type)
         for i, k in enumerate(keys):
             sel = sel.add_columns(sort_expression(k, t, resource, ctx.registry, aliases).label(f"k{i}"))
         branches.append(sel)
@@ -225,10 +227,69 @@ def _match_query(ctx: FhirContext, scope: _Scope, reqs: dict[str, SearchRequest]
     return union_all(*branches).subquery("m")
 
 
-def _page(ctx: FhirContext, scope: _Scope, reqs: dict[str, SearchRequest], keys: list[SortKey],
-          bound: tuple[str, int] | None, count: int, cur: Cursor | None, reverse: bool) -> Select:
+def _page_statement(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey],
+                    bound: tuple[str, int] | None, count: int, cur: Cursor | None, reverse: bool,
+                    use_templates: bool = True) -> tuple[Select, dict]:
+    """The page statement and the bind values to run it with.
+
+    Searches of one shape share one statement (app.search.template): the first builds it with
+    named bind parameters, later ones only walk their trees for the values.  Values are taken in
+    a fixed order: the trees (in ``scope.types`` order), the rid bound, the cursor's key values
+    (those not NULL), the cursor's rid; the build walks the same order, so names line up.
+    """
+    rec = Binder()
+    try:
+        shapes = tuple(walk(trees[t], rec)[0] for t in scope.types) if use_templates else None
+    except NotTemplatable:
+        shapes = None
+    if shapes is None:
+        return _build_page(ctx, scope, trees, keys, bound, count, cur, reverse), {}
+    if bound is not None:
+        rec(bound[1])
+    if cur is not None:
+        for v in cur.values:
+            if v is not None:
+                rec(v)
+        rec(cur.rid)
+    key = (tuple(scope.types), shapes, tuple(keys), bound[0] if bound else None,
+           (cur.direction, tuple(v is None for v in cur.values)) if cur is not None else None, reverse, count)
+    templates = templates_for(ctx.registry)
+    stmt = templates.get(key)
+    if stmt is None:
+        b = Binder(build=True)
+        bound_trees = {t: walk(trees[t], b)[1] for t in scope.types}
+        b_bound = (bound[0], b(bound[1])) if bound is not None else None
+        b_cur = None
+        if cur is not None:
+            values = tuple(None if v is None else b(v) for v in cur.values)
+            b_cur = Cursor(cur.direction, values, b(cur.rid))
+        stmt = _build_page(ctx, scope, bound_trees, keys, b_bound, count, b_cur, reverse)
+        templates.put(key, stmt)
+    return stmt, rec.values
+
+
+def _build_page(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey],
+                bound: tuple[str, Any] | None, count: int, cur: Cursor | None, reverse: bool) -> Select:
+    """In ``rid`` order with the page cut on the index tables: one flat statement; otherwise the
+    match query under keyset filter, sort and cut (``_page``)."""
+    drv = None
+    if not keys and len(scope.types) == 1:
+        drv = page_rids(scope.types[0], trees[scope.types[0]], bound, count + 1)
+    if drv is None:
+        return _page(ctx, scope, trees, keys, bound, count, cur, reverse)
+    r, rv = resource, resource_version
+    return (
+        select(r.c.rid, r.c.res_type, r.c.res_id, rv.c.content)
+        .join_from(r, rv, and_(rv.c.rid == r.c.rid, rv.c.version == r.c.version))
+        .where(r.c.res_type == scope.types[0], r.c.deleted.is_(False), r.c.rid.in_(drv))
+        .order_by(r.c.rid.desc() if reverse else r.c.rid.asc())
+    )
+
+
+def _page(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey],
+          bound: tuple[str, Any] | None, count: int, cur: Cursor | None, reverse: bool) -> Select:
     """The page query over the match query: keyset filter, sort, cut, then the page's JSON."""
-    m = _match_query(ctx, scope, reqs, keys, bound, count + 1)
+    m = _match_query(ctx, scope, trees, keys, bound, count + 1)
     if any(not _is_column(k, scope.types, ctx.registry) for k in keys):
         # Sort keys from index tables are correlated subqueries: fence the match query (OFFSET 0
         # stops PostgreSQL pulling it up) so each key is computed once per match, not once in
@@ -300,12 +361,15 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
         bound = ("<" if cur.direction == "prev" else ">", cur.rid)
     reverse = cur is not None and cur.direction == "prev"
     wants_rows = shape.summary != "count" and count > 0
-    drv = None
-    if wants_rows and not keys and len(scope.types) == 1:
-        drv = page_rids(scope.types[0], _effective_tree(ctx, scope, reqs, scope.types[0]), bound, count + 1)
+    trees = {t: _effective_tree(ctx, scope, reqs, t) for t in scope.types}
+    page, page_params = None, {}
+    if wants_rows:
+        # ``_explain`` shows the SQL with this request's values inline: built for it, not shared.
+        page, page_params = _page_statement(ctx, scope, trees, keys, bound, count, cur, reverse,
+                                            use_templates=not explain)
 
     def all_matches():  # totals count every match, not only this page's
-        return _match_query(ctx, scope, reqs, keys)
+        return _match_query(ctx, scope, trees, keys)
 
     def fast_count():  # built only when a count is needed
         if len(scope.types) == 1 and scope.compartment is None and (
@@ -313,28 +377,17 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
             # One clause: counted on its index table alone.  NB: valid only while the match query
             # is exactly ``tree``; anything _match_query adds (e.g. an authorisation predicate)
             # must switch this off.
-            return count_query(scope.types[0], _effective_tree(ctx, scope, reqs, scope.types[0]))
+            return count_query(scope.types[0], trees[scope.types[0]])
         if len(scope.types) == 1 and scope.compartment is None and ctx.permission.withheld:
             # Scopes that reach every row, plus withheld labels: the tree is (clause AND NOT
             # labelled); count the clause's index rows with an anti-join on _security.
             t = scope.types[0]
             hide = ctx.permission.withhold_node(t)
-            tree = _effective_tree(ctx, scope, reqs, t)
+            tree = trees[t]
             if (not ctx.permission.bounded(t, "s") and isinstance(tree, And) and len(tree.children) == 2
                     and tree.children[1] == hide):
                 return count_query(t, tree.children[0], exclude=hide)
         return None
-    if drv is not None:
-        # rid order, page cut on the index tables: one flat statement (no subquery layers to build).
-        r, rv = resource, resource_version
-        page = (
-            select(r.c.rid, r.c.res_type, r.c.res_id, rv.c.content)
-            .join_from(r, rv, and_(rv.c.rid == r.c.rid, rv.c.version == r.c.version))
-            .where(r.c.res_type == scope.types[0], r.c.deleted.is_(False), r.c.rid.in_(drv))
-            .order_by(r.c.rid.desc() if reverse else r.c.rid.asc())
-        )
-    elif wants_rows:
-        page = _page(ctx, scope, reqs, keys, bound, count, cur, reverse)
 
     sql_log: list[tuple[str, object]] = []
 
@@ -343,7 +396,7 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
         total: int | None = None
         if wants_rows:
             sql_log.append(("page", page))
-            rows = list(conn.execute(page).all())
+            rows = list(conn.execute(page, page_params).all())
         more = len(rows) > count
         rows = rows[:count]
         if reverse:

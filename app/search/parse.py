@@ -313,7 +313,7 @@ class _Parser:
                 return ReferenceValue(url=v)
         segs = v.split("/")
         if len(segs) == 1:
-            return ReferenceValue(res_id=v, res_type=type_mod)
+            return ReferenceValue(res_id=v, res_type=type_mod or None)
         if len(segs) in (2, 4) and (len(segs) == 2 or segs[2] == "_history") and all(segs):
             rtype, rid = segs[0], segs[1]
             if type_mod and rtype != type_mod:

@@ -22,6 +22,6 @@ def condition(t: Any, v: ReferenceValue | TokenValue, modifier: str | None = Non
     if v.url is not None:
         return t.c.url == v.url
     conds = [t.c.target_id == v.res_id]
-    if v.res_type:
+    if v.res_type is not None:  # a bind parameter in a statement template (app.search.template)
         conds.append(t.c.target_type == v.res_type)
     return and_(*conds)
