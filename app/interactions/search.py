@@ -61,7 +61,7 @@ from app.search.paging import (
     seal_search,
 )
 from app.search.parse import SearchRequest
-from app.search.plan import Aliases, compile_tree, count_query, page_rids
+from app.search.plan import Aliases, compile_tree, count_query, match_rids, page_rids
 from app.search.rewrite import restrict_to_compartment
 from app.search.shape import parse_shape, shape_resource
 from app.search.sort import SortKey, parse_sort, sort_expression
@@ -289,6 +289,10 @@ def _build_page(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey
 def _page(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey],
           bound: tuple[str, Any] | None, count: int, cur: Cursor | None, reverse: bool) -> Select:
     """The page query over the match query: keyset filter, sort, cut, then the page's JSON."""
+    if len(scope.types) == 1 and keys and not any(_is_column(k, scope.types, ctx.registry) for k in keys):
+        page = _index_sorted_page(ctx, scope.types[0], trees[scope.types[0]], keys, count, cur, reverse)
+        if page is not None:
+            return page
     m = _match_query(ctx, scope, trees, keys, bound, count + 1)
     if any(not _is_column(k, scope.types, ctx.registry) for k in keys):
         # Sort keys from index tables are correlated subqueries: fence the match query (OFFSET 0
@@ -310,6 +314,40 @@ def _page(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey],
     return (
         select(top.c.rid, top.c.res_type, top.c.res_id, resource_version.c.content, *pk)
         .join(resource_version, and_(resource_version.c.rid == top.c.rid, resource_version.c.version == top.c.version))
+        .order_by(*order_by(pk, keys, top.c.rid, reverse))
+    )
+
+
+def _index_sorted_page(ctx: FhirContext, t: str, tree, keys: list[SortKey], count: int,
+                       cur: Cursor | None, reverse: bool) -> Select | None:
+    """A page sorted by index-table keys, cut before any ``resource`` row is read; None when the
+    tree needs the resource row (app.search.plan.match_rids).
+
+    The matches' rids come from the index tables, each gets its sort keys (index probes), the
+    keyset filter, sort and cut run on those narrow rows, and only the page's rows are joined to
+    ``resource`` and their JSON.  A patient's timeline (~250 Observations, page of 20) reads 20
+    resource rows instead of 250.
+    """
+    aliases = Aliases()
+    d = match_rids(t, tree, aliases)
+    if d is None:
+        return None
+    d = d.subquery("d")
+    exprs = [sort_expression(k, t, d, ctx.registry, aliases).label(f"k{i}") for i, k in enumerate(keys)]
+    # OFFSET 0 fences the keys (correlated subqueries) so each is computed once per match.
+    m = select(d.c.rid, *exprs).offset(0).subquery("mf")
+    kcols = [m.c[f"k{i}"] for i in range(len(keys))]
+    top = select(m.c.rid, *kcols)
+    if cur is not None:
+        top = top.where(after(kcols, keys, m.c.rid, cur))
+    top = top.order_by(*order_by(kcols, keys, m.c.rid, reverse)).limit(count + 1).subquery("p")
+    pk = [top.c[f"k{i}"] for i in range(len(keys))]
+    r, rv = resource, resource_version
+    return (
+        select(top.c.rid, r.c.res_type, r.c.res_id, rv.c.content, *pk)
+        .join_from(top, r, r.c.rid == top.c.rid)
+        .join(rv, and_(rv.c.rid == r.c.rid, rv.c.version == r.c.version))
+        .where(r.c.deleted.is_(False))
         .order_by(*order_by(pk, keys, top.c.rid, reverse))
     )
 

@@ -284,21 +284,19 @@ class _RidColumns:
         self.c = type("C", (), {"rid": rid})()
 
 
-def _driver(res_type: str, tree: Node, bound: tuple[str, int] | None, limit: int,
-            aliases: Aliases) -> Select | None:
-    """The page's rids computed on the index tables alone, or None when the tree does not allow it.
+def _driver_rows(res_type: str, tree: Node, bound: tuple[str, int] | None,
+                 aliases: Aliases) -> tuple[Select, Any] | None:
+    """The matches' rids computed on the index tables alone (not DISTINCT, not ordered), and
+    the rid column; None when the tree does not allow it.
 
-    ``SELECT DISTINCT d.rid FROM sp_x d WHERE <clause> [AND d.rid > :after] AND <other clauses on
-    d.rid> ORDER BY d.rid LIMIT :n``: one positive clause drives, the others are semi-/anti-joins
-    on its ``rid``.  With the lookup indexes ending in ``rid`` the driver is read in ``rid`` order
-    and PostgreSQL can stop after ``n`` rows (a code + date range: 3-5 ms instead of ~30 ms for
-    probing every row of the code), or start from a more selective clause if its estimates say so.
-    Exact because index rows exist only for current, non-deleted resources of their ``res_type``
-    (so the outer ``resource`` conditions remove nothing); any clause on the resource row itself
-    (``_id``, ``_lastUpdated``, ``_has``) means no driver.
+    ``SELECT d.rid FROM sp_x d WHERE <clause> [AND d.rid > :after] AND <other clauses on
+    d.rid>``: one positive clause drives, the others are semi-/anti-joins on its ``rid``.
+    Exact because index rows exist only for current, non-deleted resources of their
+    ``res_type`` (so the outer ``resource`` conditions remove nothing); any clause on the
+    resource row itself (``_id``, ``_lastUpdated``, ``_has``) means no driver.
     """
-    children = node_children = tree.children if isinstance(tree, And) else (tree,)
-    if not all(_rid_only(c) for c in node_children):
+    children = tree.children if isinstance(tree, And) else (tree,)
+    if not all(_rid_only(c) for c in children):
         return None
     drv = next((c for c in children if isinstance(c, Match) and c.param.type != "composite"
                 and not getattr(c.param, "column", None)), None)
@@ -311,6 +309,22 @@ def _driver(res_type: str, tree: Node, bound: tuple[str, int] | None, limit: int
     rest = [compile_node(c, inner) for c in children if c is not drv]
     if rest:
         sel = sel.where(*rest)
+    return sel, rcol
+
+
+def _driver(res_type: str, tree: Node, bound: tuple[str, int] | None, limit: int,
+            aliases: Aliases) -> Select | None:
+    """The page's rids in ``rid`` order cut on the index tables, or None (``_driver_rows``).
+
+    ``SELECT DISTINCT d.rid ... ORDER BY d.rid LIMIT :n``: with the lookup indexes ending in
+    ``rid`` the driver is read in ``rid`` order and PostgreSQL can stop after ``n`` rows (a code
+    + date range: 3-5 ms instead of ~30 ms for probing every row of the code), or start from a
+    more selective clause if its estimates say so.
+    """
+    found = _driver_rows(res_type, tree, bound, aliases)
+    if found is None:
+        return None
+    sel, rcol = found
     desc = bound is not None and bound[0] == "<"
     return sel.distinct().order_by(rcol.desc() if desc else rcol.asc()).limit(limit)
 
@@ -319,6 +333,13 @@ def page_rids(res_type: str, tree: Node, bound: tuple[str, int] | None, limit: i
               aliases: Aliases | None = None) -> Select | None:
     """The rids of one page in ``rid`` order cut on the index tables (``_driver``), or None."""
     return _driver(res_type, tree, bound, limit, aliases or Aliases())
+
+
+def match_rids(res_type: str, tree: Node, aliases: Aliases | None = None) -> Select | None:
+    """Every match's rid, once, from the index tables alone (``_driver_rows``), or None: what a
+    sorted page is cut from before any ``resource`` row is read."""
+    found = _driver_rows(res_type, tree, None, aliases or Aliases())
+    return None if found is None else found[0].distinct()
 
 
 def compile_tree(res_type: str, tree: Node, bound: tuple[str, int] | None = None,

@@ -112,3 +112,5 @@ def test_explain_shows_this_requests_values_and_the_index_cut(http, base, app, d
              for i in e["resource"]["issue"] if i["severity"] == "information"]
     page = next(d for d in diags if d.startswith("page"))
     assert p1 in page and p0 not in page
+    # sorted on the index tables: the resource row is joined only for the page's rids
+    assert "SELECT DISTINCT sp_reference_1.rid" in page and "JOIN resource ON resource.rid = p.rid" in page
