@@ -53,7 +53,10 @@ def create_app(config: dict | None = None) -> Flask:
         app.config["SECRET_KEY"] = os.urandom(32).hex()
         log.warning("SECRET_KEY not set; using a random per-process key (set SECRET_KEY to keep cursors valid).")
 
+    from app.auth.session import OnDemandCookieSessionInterface
     from app.indexing.registry import load_registry
+
+    app.session_interface = OnDemandCookieSessionInterface()
 
     enabled = list(app.config["ENABLED_RESOURCE_TYPES"])
     engine = make_engine(app.config["DATABASE_URL"], echo=app.config.get("SQL_ECHO", False))
