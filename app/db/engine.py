@@ -49,21 +49,31 @@ def make_engine(url: str, echo: bool = False) -> Engine:
 
 
 def make_read_engine(engine: Engine, statement_timeout_ms: int) -> Engine | None:
-    """PostgreSQL: a second, smaller pool for searches and history whose sessions have
-    ``statement_timeout`` set once, when each connects, so a search pays no ``SET``/``RESET``
-    round trips for its deadline (app.db.deadline sees the ``statement_timeout_ms`` execution
-    option and only maps the cancellation). Disposed with ``engine``. None on SQLite or without a
-    timeout: reads then use ``engine``."""
-    if engine.dialect.name != "postgresql" or statement_timeout_ms <= 0:
+    """PostgreSQL: a second, smaller pool for searches and history whose sessions are set up
+    once, when each connects (no ``SET``/``RESET`` round trips per search), with:
+
+    - ``statement_timeout`` (when ``statement_timeout_ms`` > 0): app.db.deadline sees the
+      ``statement_timeout_ms`` execution option and only maps the cancellation;
+    - ``plan_cache_mode = force_custom_plan``: a search's best plan depends on its values (a
+      patient's 250 results or a lab code's 50,000), and psycopg prepares a statement run five
+      times, after which PostgreSQL may switch to a generic plan estimated for "any value".
+      With statement templates (app.search.template) every search of a shape is the same
+      prepared statement, and one generic plan probed a code's whole index range once per
+      result of a patient: 29 ms instead of 0.4 (docs/decisions/0008-search-query-plans.md).
+
+    Disposed with ``engine``. None on SQLite: reads then use ``engine``."""
+    if engine.dialect.name != "postgresql":
         return None
-    ms = int(statement_timeout_ms)
+    ms = max(0, int(statement_timeout_ms))
     read = create_engine(engine.url, echo=engine.echo, pool_pre_ping=False, pool_recycle=1800, pool_size=5,
                          max_overflow=20, execution_options={"statement_timeout_ms": ms})
 
     @event.listens_for(read, "connect")
-    def _timeout(dbapi_conn, _record) -> None:  # noqa: ANN001 - after SQLAlchemy's own first-connect queries
+    def _session(dbapi_conn, _record) -> None:  # noqa: ANN001 - after SQLAlchemy's own first-connect queries
         with dbapi_conn.cursor() as cur:
-            cur.execute(f"SET statement_timeout = {ms}")
+            cur.execute("SET plan_cache_mode = force_custom_plan")
+            if ms:
+                cur.execute(f"SET statement_timeout = {ms}")
         dbapi_conn.commit()
 
     event.listen(engine, "engine_disposed", lambda _engine: read.dispose())

@@ -157,7 +157,25 @@ def test_postgresql_searches_run_on_sessions_that_carry_the_timeout(database_url
         assert not [s for s in statements if "statement_timeout" in s.lower()]
         with state.read_engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "4321ms"
+            # searches are planned for their values, never with a generic plan (decision 0008)
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "force_custom_plan"
         with state.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
+    finally:
+        state.engine.dispose()
+
+
+def test_postgresql_searches_are_planned_for_their_values_without_a_timeout_too(database_url) -> None:
+    if _dialect(database_url) != "postgresql":
+        pytest.skip("SQLite has no plan cache")
+    app = make_app(database_url, SEARCH_TIMEOUT_MS=0)
+    state = app.extensions["results_repo"]
+    try:
+        assert state.read_engine is not None
+        r = app.test_client().get("/fhir/Patient?name=nobody", headers=H)
+        assert r.status_code == 200, r.data[:300]
+        with state.read_engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "force_custom_plan"
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
     finally:
         state.engine.dispose()
