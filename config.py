@@ -50,6 +50,9 @@ class Config:
     TOKEN_RATE_LIMIT_BURST: int = 30
     # Each search statement may run this long (ms) before it is cancelled -> 400 too-costly (0 = off).
     SEARCH_TIMEOUT_MS: int = 15000
+    # PostgreSQL plan_cache_mode of the search sessions: auto (PostgreSQL's choice between a plan
+    # per execution and one generic plan), force_custom_plan, force_generic_plan (decision 0008).
+    SEARCH_PLAN_CACHE_MODE: str = "auto"
     # Strict-Transport-Security max-age when served over https (0 = no HSTS header).
     HSTS_MAX_AGE: int = 31536000
     # Zone used for zone-less dateTimes.
@@ -114,6 +117,7 @@ _ENV_KEYS = {
     "TOKEN_RATE_LIMIT_PER_MINUTE": int,
     "TOKEN_RATE_LIMIT_BURST": int,
     "SEARCH_TIMEOUT_MS": int,
+    "SEARCH_PLAN_CACHE_MODE": str,
     "HSTS_MAX_AGE": int,
     "SERVER_TIMEZONE": str,
     "DEFAULT_PAGE_SIZE": int,

@@ -65,7 +65,8 @@ def create_app(config: dict | None = None) -> Flask:
         registry=load_registry(enabled),
         enabled_types=frozenset(enabled),
         tz=ZoneInfo(app.config["SERVER_TIMEZONE"]),
-        read_engine=make_read_engine(engine, int(app.config.get("SEARCH_TIMEOUT_MS", 0) or 0)),
+        read_engine=make_read_engine(engine, int(app.config.get("SEARCH_TIMEOUT_MS", 0) or 0),
+                                     app.config.get("SEARCH_PLAN_CACHE_MODE", "auto")),
     )
 
     from app.auth.protect import check_startup

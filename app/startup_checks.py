@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from app.db.engine import PLAN_CACHE_MODES
 from app.fhir.jsonutil import MAX_JSON_DEPTH
 
 MIN_SECRET_KEY_LENGTH = 32
@@ -42,6 +43,8 @@ def check_limits(app: Flask) -> None:
                 "TOKEN_RATE_LIMIT_BURST", "SEARCH_TIMEOUT_MS", "HSTS_MAX_AGE"):
         if int(cfg.get(key, 0) or 0) < 0:
             raise ConfigurationRefused(f"{key} must be 0 (off) or a positive number.")
+    if cfg.get("SEARCH_PLAN_CACHE_MODE", "auto") not in PLAN_CACHE_MODES:
+        raise ConfigurationRefused(f"SEARCH_PLAN_CACHE_MODE must be one of {', '.join(PLAN_CACHE_MODES)}.")
 
 
 def secret_key_problem(value: object) -> str | None:

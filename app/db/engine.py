@@ -48,20 +48,26 @@ def make_engine(url: str, echo: bool = False) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=False, pool_recycle=1800, pool_size=10, max_overflow=20)
 
 
-def make_read_engine(engine: Engine, statement_timeout_ms: int) -> Engine | None:
+PLAN_CACHE_MODES = ("auto", "force_custom_plan", "force_generic_plan")
+
+
+def make_read_engine(engine: Engine, statement_timeout_ms: int, plan_cache_mode: str = "auto") -> Engine | None:
     """PostgreSQL: a second, smaller pool for searches and history whose sessions are set up
     once, when each connects (no ``SET``/``RESET`` round trips per search), with:
 
     - ``statement_timeout`` (when ``statement_timeout_ms`` > 0): app.db.deadline sees the
       ``statement_timeout_ms`` execution option and only maps the cancellation;
-    - ``plan_cache_mode = force_custom_plan``: a search's best plan depends on its values (a
-      patient's 250 results or a lab code's 50,000), and psycopg prepares a statement run five
-      times, after which PostgreSQL may switch to a generic plan estimated for "any value".
-      With statement templates (app.search.template) every search of a shape is the same
-      prepared statement, and one generic plan probed a code's whole index range once per
-      result of a patient: 29 ms instead of 0.4 (docs/decisions/0008-search-query-plans.md).
+    - ``plan_cache_mode`` when it is not ``auto`` (``SEARCH_PLAN_CACHE_MODE``): psycopg prepares
+      a statement run five times, and PostgreSQL then may plan it once for any values (a generic
+      plan) instead of at each execution (~0.3-0.5 ms of its CPU per search here).  Searches
+      write their structure (types, parameter names) inline so that generic plans are estimated
+      on the right rows (app.search.plan.const); ``force_custom_plan`` is the operator's switch
+      if a generic plan still goes wrong (docs/decisions/0008-search-query-plans.md).
 
     Disposed with ``engine``. None on SQLite: reads then use ``engine``."""
+    if plan_cache_mode not in PLAN_CACHE_MODES:
+        raise ValueError(f"SEARCH_PLAN_CACHE_MODE must be one of {', '.join(PLAN_CACHE_MODES)}, "
+                         f"not {plan_cache_mode[:40]!r}.")
     if engine.dialect.name != "postgresql":
         return None
     ms = max(0, int(statement_timeout_ms))
@@ -70,8 +76,11 @@ def make_read_engine(engine: Engine, statement_timeout_ms: int) -> Engine | None
 
     @event.listens_for(read, "connect")
     def _session(dbapi_conn, _record) -> None:  # noqa: ANN001 - after SQLAlchemy's own first-connect queries
+        if not ms and plan_cache_mode == "auto":
+            return
         with dbapi_conn.cursor() as cur:
-            cur.execute("SET plan_cache_mode = force_custom_plan")
+            if plan_cache_mode != "auto":
+                cur.execute(f"SET plan_cache_mode = {plan_cache_mode}")
             if ms:
                 cur.execute(f"SET statement_timeout = {ms}")
         dbapi_conn.commit()

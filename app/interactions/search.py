@@ -61,7 +61,7 @@ from app.search.paging import (
     seal_search,
 )
 from app.search.parse import SearchRequest
-from app.search.plan import Aliases, compile_tree, count_query, match_rids, page_rids
+from app.search.plan import Aliases, compile_tree, const, count_query, match_rids, page_rids
 from app.search.rewrite import restrict_to_compartment
 from app.search.shape import parse_shape, shape_resource
 from app.search.sort import SortKey, parse_sort, sort_expression
@@ -281,7 +281,7 @@ def _build_page(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey
     return (
         select(r.c.rid, r.c.res_type, r.c.res_id, rv.c.content)
         .join_from(r, rv, and_(rv.c.rid == r.c.rid, rv.c.version == r.c.version))
-        .where(r.c.res_type == scope.types[0], r.c.deleted.is_(False), r.c.rid.in_(drv))
+        .where(r.c.res_type == const(scope.types[0]), r.c.deleted.is_(False), r.c.rid.in_(drv))
         .order_by(r.c.rid.desc() if reverse else r.c.rid.asc())
     )
 

@@ -14,13 +14,16 @@ Plan shapes (chosen to plan well on SQLite and PostgreSQL):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Select,
+    String,
     and_,
+    bindparam,
     distinct,
     exists,
     false,
@@ -127,7 +130,7 @@ def _row_select(node: Match, ctx: Ctx) -> tuple[Select, Any]:
     values = _security_values(t, node) if pname == "_security" else None
     if values is None:
         values = or_(*(cond(t, v, node.modifier) for v in node.values))
-    sel = select(t.c.rid).where(t.c.res_type == ctx.res_type, _param_is(t, pname), values)
+    sel = select(t.c.rid).where(t.c.res_type == const(ctx.res_type), _param_is(t, pname), values)
     return sel, t.c.rid
 
 
@@ -144,14 +147,29 @@ def _security_values(t: Any, node: Match) -> ColumnElement[bool] | None:
     return or_(*(and_(t.c.system == sys_, t.c.code.in_(codes)) for sys_, codes in sorted(by_system.items())))
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.:$-]{1,128}")
+
+
+def const(name: str) -> Any:
+    """A resource type or parameter name written into the SQL as a literal, not bound.
+
+    Why: these are the structure of a search, not its values.  psycopg prepares a statement run
+    five times and PostgreSQL may then plan it once for any parameters (a generic plan); with
+    ``res_type = $1 AND param = $2 AND code = $3`` all unknown it estimated one row for a lab
+    code and one for a patient's results, and probed the code's whole index range once per
+    result (29 ms instead of 0.4).  With the names inline its estimates are those of the
+    parameter's own rows, and the generic plan is the custom one (docs/decisions/0008).  The
+    partial index ``ix_sp_token_security`` (app/protect/tables.py) also needs its literal
+    ``param = '_security'`` to be provable.  Only names from the registry and the enabled types
+    come here; anything else is bound as before."""
+    if _NAME.fullmatch(name) is None:
+        return bindparam(None, name, type_=String)
+    return literal_column(f"'{name}'", type_=String)
+
+
 def _param_is(t: Any, pname: str) -> ColumnElement[bool]:
-    """``param = :p``; ``_security`` is written inline, so that PostgreSQL's generic plans for
-    prepared statements can still use the partial index ``ix_sp_token_security`` (app/protect/
-    tables.py) for the ``NOT EXISTS`` that withholds sensitive labels (a bound ``$n`` cannot be
-    proven to match the index predicate; the nested-loop probe then cost 11 us a row, not ~1)."""
-    if pname == "_security":
-        return t.c.param == literal_column("'_security'")
-    return t.c.param == pname
+    """``param = '<name>'`` (see :func:`const`)."""
+    return t.c.param == const(pname)
 
 
 def _composite_select(node: Match, ctx: Ctx) -> tuple[Select, Any]:
@@ -168,8 +186,8 @@ def _composite_select(node: Match, ctx: Ctx) -> tuple[Select, Any]:
         sel = select(a0.c.rid)
         conds: list[ColumnElement[bool]] = []
         for i, ((cp, _e), a, part) in enumerate(zip(comps, aliases, v.parts, strict=True)):
-            conds += [a.c.res_type == ctx.res_type,
-                      a.c.param == f"{node.param.code}${i + COMPOSITE_FIRST_INDEX}",
+            conds += [a.c.res_type == const(ctx.res_type),
+                      _param_is(a, f"{node.param.code}${i + COMPOSITE_FIRST_INDEX}"),
                       CONDITIONS[cp.type](a, part, None)]
             if i:
                 sel = sel.join(a, and_(a.c.rid == a0.c.rid, a.c.grp == a0.c.grp))
@@ -226,7 +244,7 @@ def compile_node(node: Node, ctx: Ctx) -> ColumnElement[bool]:
             table = INDEX_TABLES[first.type]
             pname = f"{pname}${COMPOSITE_FIRST_INDEX}"
         t = ctx.aliases(table)
-        sel = select(t.c.rid).where(t.c.res_type == ctx.res_type, t.c.param == pname)
+        sel = select(t.c.rid).where(t.c.res_type == const(ctx.res_type), _param_is(t, pname))
         if node.missing:
             return ~exists(sel.where(t.c.rid == rid))
         return rid.in_(_with_bound(sel, t.c.rid, ctx))
@@ -239,9 +257,9 @@ def compile_node(node: Node, ctx: Ctx) -> ColumnElement[bool]:
                 select(ref.c.rid)
                 .join(tgt, and_(tgt.c.res_type == ref.c.target_type, tgt.c.res_id == ref.c.target_id))
                 .where(
-                    ref.c.res_type == ctx.res_type,
-                    ref.c.param == node.param.code,
-                    ref.c.target_type == target_type,
+                    ref.c.res_type == const(ctx.res_type),
+                    _param_is(ref, node.param.code),
+                    ref.c.target_type == const(target_type),
                     tgt.c.deleted.is_(False),
                     compile_node(inner, ctx.under(target_type, tgt)),
                 )
@@ -255,9 +273,9 @@ def compile_node(node: Node, ctx: Ctx) -> ColumnElement[bool]:
             select(ref.c.target_id)
             .join(src, src.c.rid == ref.c.rid)
             .where(
-                ref.c.res_type == node.res_type,
-                ref.c.param == node.ref_param.code,
-                ref.c.target_type == ctx.res_type,
+                ref.c.res_type == const(node.res_type),
+                _param_is(ref, node.ref_param.code),
+                ref.c.target_type == const(ctx.res_type),
                 src.c.deleted.is_(False),
                 compile_node(node.node, ctx.under(node.res_type, src)),
             )
@@ -358,7 +376,7 @@ def compile_tree(res_type: str, tree: Node, bound: tuple[str, int] | None = None
     ctx = Ctx(res_type, r, bound, aliases)
     drv = _driver(res_type, tree, bound, limit, aliases) if limit is not None else None
     cond = compile_node(tree, ctx) if drv is None else r.c.rid.in_(drv)
-    sel = select(r.c.rid, r.c.res_id, r.c.version).where(r.c.res_type == res_type, r.c.deleted.is_(False), cond)
+    sel = select(r.c.rid, r.c.res_id, r.c.version).where(r.c.res_type == const(res_type), r.c.deleted.is_(False), cond)
     return _with_bound(sel, r.c.rid, ctx)
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, func, select
 
 from app.fhir.errors import FhirError
 from app.search.parse import _BUILTINS
+from app.search.plan import const
 from app.storage.tables import INDEX_TABLES
 
 # Index column a parameter type sorts by: (ascending column, descending column).
@@ -107,6 +108,6 @@ def sort_expression(key: SortKey, res_type: str, res: Any, registry: Any, aliase
     agg = func.max(value) if key.desc else func.min(value)
     return (
         select(agg)
-        .where(table.c.rid == res.c.rid, table.c.res_type == res_type, table.c.param == p.code)
+        .where(table.c.rid == res.c.rid, table.c.res_type == const(res_type), table.c.param == const(p.code))
         .scalar_subquery()
     )

@@ -157,18 +157,21 @@ def test_postgresql_searches_run_on_sessions_that_carry_the_timeout(database_url
         assert not [s for s in statements if "statement_timeout" in s.lower()]
         with state.read_engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "4321ms"
-            # searches are planned for their values, never with a generic plan (decision 0008)
-            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "force_custom_plan"
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
         with state.engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
     finally:
         state.engine.dispose()
 
 
-def test_postgresql_searches_are_planned_for_their_values_without_a_timeout_too(database_url) -> None:
+def test_postgresql_plan_cache_mode_is_the_operators_switch(database_url) -> None:
+    """SEARCH_PLAN_CACHE_MODE reaches the search sessions (with or without a timeout); anything
+    but PostgreSQL's three modes is refused before a session is opened (decision 0008)."""
     if _dialect(database_url) != "postgresql":
         pytest.skip("SQLite has no plan cache")
-    app = make_app(database_url, SEARCH_TIMEOUT_MS=0)
+    with pytest.raises(ValueError, match="SEARCH_PLAN_CACHE_MODE"):
+        make_app(database_url, SEARCH_PLAN_CACHE_MODE="auto; DROP TABLE resource")
+    app = make_app(database_url, SEARCH_TIMEOUT_MS=0, SEARCH_PLAN_CACHE_MODE="force_custom_plan")
     state = app.extensions["results_repo"]
     try:
         assert state.read_engine is not None
@@ -177,5 +180,7 @@ def test_postgresql_searches_are_planned_for_their_values_without_a_timeout_too(
         with state.read_engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "force_custom_plan"
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
+        with state.engine.connect() as conn:  # writes, tokens and audit keep PostgreSQL's default
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
     finally:
         state.engine.dispose()

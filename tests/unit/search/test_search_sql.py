@@ -24,29 +24,31 @@ def sql(res_type, params):
     return " ".join(text.split()), compiled.params
 
 
-HEAD = ("SELECT resource.rid, resource.res_id, resource.version FROM resource "
-        "WHERE resource.res_type = %(res_type_1)s AND resource.deleted IS false AND ")
+def head(res_type: str) -> str:
+    return ("SELECT resource.rid, resource.res_id, resource.version FROM resource "
+            f"WHERE resource.res_type = '{res_type}' AND resource.deleted IS false AND ")
 
 
 def test_token_system_code():
     text, params = sql("Patient", [("identifier", "https://fhir.nhs.uk/Id/nhs-number|943")])
-    assert text == HEAD + (
+    assert text == head("Patient") + (
         "resource.rid IN (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
-        "WHERE sp_token_1.res_type = %(res_type_2)s AND sp_token_1.param = %(param_1)s "
+        "WHERE sp_token_1.res_type = 'Patient' AND sp_token_1.param = 'identifier' "
         "AND sp_token_1.system = %(system_1)s AND sp_token_1.code = %(code_1)s)")
-    assert params == {"res_type_1": "Patient", "res_type_2": "Patient", "param_1": "identifier",
-                      "system_1": "https://fhir.nhs.uk/Id/nhs-number", "code_1": "943"}
+    # the type and parameter names are the search's structure, inline (app.search.plan.const);
+    # only the values are bound
+    assert params == {"system_1": "https://fhir.nhs.uk/Id/nhs-number", "code_1": "943"}
 
 
 def test_string_prefix_and_token_not():
     text, params = sql("Patient", [("name", "o'br%"), ("gender:not", "male")])
-    assert text == HEAD + (
+    assert text == head("Patient") + (
         "resource.rid IN (SELECT sp_string_1.rid FROM sp_string AS sp_string_1 "
-        "WHERE sp_string_1.res_type = %(res_type_2)s AND sp_string_1.param = %(param_1)s "
+        "WHERE sp_string_1.res_type = 'Patient' AND sp_string_1.param = 'name' "
         "AND sp_string_1.value_norm >= %(value_norm_1)s AND sp_string_1.value_norm < %(value_norm_2)s "
         "AND sp_string_1.value_norm LIKE %(value_norm_3)s ESCAPE '\\') "
         "AND NOT (EXISTS (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
-        "WHERE sp_token_1.res_type = %(res_type_3)s AND sp_token_1.param = %(param_2)s "
+        "WHERE sp_token_1.res_type = 'Patient' AND sp_token_1.param = 'gender' "
         "AND sp_token_1.code = %(code_1)s AND sp_token_1.rid = resource.rid))")
     assert (params["value_norm_1"], params["value_norm_2"], params["value_norm_3"]) == (
         "o'br%", "o'br&", "o'br\\%%")
@@ -54,50 +56,49 @@ def test_string_prefix_and_token_not():
 
 def test_chain_joins_current_target_row():
     text, _ = sql("Observation", [("subject:Patient.name", "x")])
-    assert text == HEAD + (
+    assert text == head("Observation") + (
         "resource.rid IN (SELECT sp_reference_1.rid FROM sp_reference AS sp_reference_1 "
         "JOIN resource AS resource_1 ON resource_1.res_type = sp_reference_1.target_type "
         "AND resource_1.res_id = sp_reference_1.target_id "
-        "WHERE sp_reference_1.res_type = %(res_type_2)s AND sp_reference_1.param = %(param_1)s "
-        "AND sp_reference_1.target_type = %(target_type_1)s AND resource_1.deleted IS false "
+        "WHERE sp_reference_1.res_type = 'Observation' AND sp_reference_1.param = 'subject' "
+        "AND sp_reference_1.target_type = 'Patient' AND resource_1.deleted IS false "
         "AND resource_1.rid IN (SELECT sp_string_1.rid FROM sp_string AS sp_string_1 "
-        "WHERE sp_string_1.res_type = %(res_type_3)s AND sp_string_1.param = %(param_2)s "
+        "WHERE sp_string_1.res_type = 'Patient' AND sp_string_1.param = 'name' "
         "AND sp_string_1.value_norm >= %(value_norm_1)s AND sp_string_1.value_norm < %(value_norm_2)s "
         "AND sp_string_1.value_norm LIKE %(value_norm_3)s ESCAPE '\\'))")
 
 
 def test_has_selects_target_ids():
     text, params = sql("Patient", [("_has:Observation:subject:code", "1")])
-    assert text == HEAD + (
+    assert text == head("Patient") + (
         "resource.res_id IN (SELECT sp_reference_1.target_id FROM sp_reference AS sp_reference_1 "
         "JOIN resource AS resource_1 ON resource_1.rid = sp_reference_1.rid "
-        "WHERE sp_reference_1.res_type = %(res_type_2)s AND sp_reference_1.param = %(param_1)s "
-        "AND sp_reference_1.target_type = %(target_type_1)s AND resource_1.deleted IS false "
+        "WHERE sp_reference_1.res_type = 'Observation' AND sp_reference_1.param = 'subject' "
+        "AND sp_reference_1.target_type = 'Patient' AND resource_1.deleted IS false "
         "AND resource_1.rid IN (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
-        "WHERE sp_token_1.res_type = %(res_type_3)s AND sp_token_1.param = %(param_2)s "
+        "WHERE sp_token_1.res_type = 'Observation' AND sp_token_1.param = 'code' "
         "AND sp_token_1.code = %(code_1)s))")
-    assert params["target_type_1"] == "Patient" and params["res_type_2"] == "Observation"
+    assert params == {"code_1": "1"}
 
 
 def test_composite_joins_on_grp():
     text, params = sql("Observation", [("code-value-quantity", "a|b$gt5")])
-    assert text == HEAD + (
+    assert text == head("Observation") + (
         "resource.rid IN (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
         "JOIN sp_quantity AS sp_quantity_1 ON sp_quantity_1.rid = sp_token_1.rid "
         "AND sp_quantity_1.grp = sp_token_1.grp "
-        "WHERE sp_token_1.res_type = %(res_type_2)s AND sp_token_1.param = %(param_1)s "
+        "WHERE sp_token_1.res_type = 'Observation' AND sp_token_1.param = 'code-value-quantity$0' "
         "AND sp_token_1.system = %(system_1)s AND sp_token_1.code = %(code_1)s "
-        "AND sp_quantity_1.res_type = %(res_type_3)s AND sp_quantity_1.param = %(param_2)s "
+        "AND sp_quantity_1.res_type = 'Observation' AND sp_quantity_1.param = 'code-value-quantity$1' "
         "AND sp_quantity_1.value > %(value_1)s)")
-    assert (params["param_1"], params["param_2"], params["value_1"]) == (
-        "code-value-quantity$0", "code-value-quantity$1", 5.0)
+    assert params == {"system_1": "a", "code_1": "b", "value_1": 5.0}
 
 
 def test_date_ge_and_id():
     text, params = sql("Patient", [("birthdate", "ge2020"), ("_id", "a,b")])
-    assert text == HEAD + (
+    assert text == head("Patient") + (
         "resource.rid IN (SELECT sp_date_1.rid FROM sp_date AS sp_date_1 "
-        "WHERE sp_date_1.res_type = %(res_type_2)s AND sp_date_1.param = %(param_1)s "
+        "WHERE sp_date_1.res_type = 'Patient' AND sp_date_1.param = 'birthdate' "
         "AND sp_date_1.high >= %(high_1)s AND (sp_date_1.high > %(high_2)s OR sp_date_1.low >= %(low_1)s "
         "AND sp_date_1.high <= %(high_3)s)) AND resource.res_id IN (__[POSTCOMPILE_res_id_1])")
     assert params["res_id_1"] == ["a", "b"]
@@ -120,9 +121,9 @@ def test_ap_rule():
 
 def test_date_le_carries_implied_low_bound():
     text, params = sql("Patient", [("birthdate", "le2020")])
-    assert text == HEAD + (
+    assert text == head("Patient") + (
         "resource.rid IN (SELECT sp_date_1.rid FROM sp_date AS sp_date_1 "
-        "WHERE sp_date_1.res_type = %(res_type_2)s AND sp_date_1.param = %(param_1)s "
+        "WHERE sp_date_1.res_type = 'Patient' AND sp_date_1.param = 'birthdate' "
         "AND sp_date_1.low <= %(low_1)s AND (sp_date_1.low < %(low_2)s OR sp_date_1.low >= %(low_3)s "
         "AND sp_date_1.high <= %(high_1)s))")
     assert params["low_1"] == params["high_1"] == datetime(2020, 12, 31, 23, 59, 59, 999999)
@@ -137,14 +138,14 @@ def bounded_sql(res_type, params, bound):
 
 def test_keyset_bound_is_pushed_into_each_subquery():
     text, params = bounded_sql("Patient", [("identifier", "s|1,s|2"), ("gender", "male")], (">", 500))
-    assert text == HEAD + (
+    assert text == head("Patient") + (
         "resource.rid IN (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
-        "WHERE sp_token_1.res_type = %(res_type_2)s AND sp_token_1.param = %(param_1)s "
+        "WHERE sp_token_1.res_type = 'Patient' AND sp_token_1.param = 'identifier' "
         "AND (sp_token_1.system = %(system_1)s AND sp_token_1.code = %(code_1)s "
         "OR sp_token_1.system = %(system_2)s AND sp_token_1.code = %(code_2)s) "
         "AND sp_token_1.rid > %(rid_1)s) "
         "AND resource.rid IN (SELECT sp_token_2.rid FROM sp_token AS sp_token_2 "
-        "WHERE sp_token_2.res_type = %(res_type_3)s AND sp_token_2.param = %(param_2)s "
+        "WHERE sp_token_2.res_type = 'Patient' AND sp_token_2.param = 'gender' "
         "AND sp_token_2.code = %(code_3)s AND sp_token_2.rid > %(rid_2)s) "
         "AND resource.rid > %(rid_3)s")
     assert params["rid_1"] == params["rid_2"] == params["rid_3"] == 500
@@ -162,9 +163,9 @@ def test_previous_bound_and_negation_and_chain():
 
 def test_missing_false_is_bounded():
     text, _ = bounded_sql("Patient", [("gender:missing", "false")], (">", 1))
-    assert text == HEAD + (
+    assert text == head("Patient") + (
         "resource.rid IN (SELECT sp_token_1.rid FROM sp_token AS sp_token_1 "
-        "WHERE sp_token_1.res_type = %(res_type_2)s AND sp_token_1.param = %(param_1)s "
+        "WHERE sp_token_1.res_type = 'Patient' AND sp_token_1.param = 'gender' "
         "AND sp_token_1.rid > %(rid_1)s) AND resource.rid > %(rid_2)s")
 
 
@@ -176,7 +177,7 @@ def test_one_clause_count_reads_the_index_table_alone():
     text = re.sub(r"::VARCHAR", "", text)
     assert text == (
         "SELECT count(DISTINCT sp_token_1.rid) AS count_1 FROM sp_token AS sp_token_1 "
-        "WHERE sp_token_1.res_type = %(res_type_1)s AND sp_token_1.param = %(param_1)s "
+        "WHERE sp_token_1.res_type = 'Patient' AND sp_token_1.param = 'identifier' "
         "AND sp_token_1.system = %(system_1)s AND sp_token_1.code = %(code_1)s")
     # several clauses, negations, chains, column parameters: the usual count over the matches
     for params in ([("identifier", "s|1"), ("gender", "male")], [("gender:not", "male")],
@@ -195,21 +196,21 @@ def limited_sql(res_type, params, bound=None, limit=51):
 
 def test_rid_order_page_is_cut_on_the_driving_index_table():
     text, params = limited_sql("Patient", [("identifier", "s|1"), ("birthdate", "lt2000")], (">", 9))
-    assert text == HEAD + (
+    assert text == head("Patient") + (
         "resource.rid IN (SELECT DISTINCT sp_token_1.rid FROM sp_token AS sp_token_1 "
-        "WHERE sp_token_1.res_type = %(res_type_2)s AND sp_token_1.param = %(param_1)s "
+        "WHERE sp_token_1.res_type = 'Patient' AND sp_token_1.param = 'identifier' "
         "AND sp_token_1.system = %(system_1)s AND sp_token_1.code = %(code_1)s "
         "AND sp_token_1.rid > %(rid_1)s "
         "AND sp_token_1.rid IN (SELECT sp_date_1.rid FROM sp_date AS sp_date_1 "
-        "WHERE sp_date_1.res_type = %(res_type_3)s AND sp_date_1.param = %(param_2)s "
+        "WHERE sp_date_1.res_type = 'Patient' AND sp_date_1.param = 'birthdate' "
         "AND sp_date_1.low < %(low_1)s AND sp_date_1.rid > %(rid_2)s) "
-        "ORDER BY sp_token_1.rid ASC LIMIT %(param_3)s) AND resource.rid > %(rid_3)s")
-    assert params["param_3"] == 51
+        "ORDER BY sp_token_1.rid ASC LIMIT %(param_1)s) AND resource.rid > %(rid_3)s")
+    assert params["param_1"] == 51
 
 
 def test_previous_page_driver_runs_backwards():
     text, _ = limited_sql("Patient", [("gender", "male")], ("<", 9), 4)
-    assert "AND sp_token_1.rid < %(rid_1)s ORDER BY sp_token_1.rid DESC LIMIT %(param_2)s)" in text
+    assert "AND sp_token_1.rid < %(rid_1)s ORDER BY sp_token_1.rid DESC LIMIT %(param_1)s)" in text
 
 
 def test_no_driver_with_resource_row_clauses():
@@ -221,3 +222,11 @@ def test_no_driver_with_resource_row_clauses():
     text, _ = limited_sql("Patient", [("gender:not", "male"), ("identifier", "s|")])
     assert "NOT (EXISTS (SELECT sp_token_2.rid FROM sp_token AS sp_token_2 " in text
     assert "AND sp_token_2.rid = sp_token_1.rid))" in text  # the anti-join probes the driver's rid
+
+
+def test_names_outside_the_registry_alphabet_are_bound_not_inlined():
+    from app.search.plan import const
+
+    c = const("x' OR '1'='1").compile(dialect=postgresql.dialect())
+    assert "OR" not in str(c) and list(c.params.values()) == ["x' OR '1'='1"]
+    assert str(const("code-value-quantity$0").compile(dialect=postgresql.dialect())) == "'code-value-quantity$0'"
