@@ -167,11 +167,13 @@ def resolve_includes(conn: Connection, specs: list[IncludeSpec], matches: list[F
                 continue
             if on_query is not None:
                 on_query(q)
-            for row in conn.execute(q.order_by(q.selected_columns[0])):
-                if row.rid in seen:
+            # all() fetches in one call; iterating the result fetches row by row (~100 rows a page
+            # of reports with their results)
+            for rid, res_type, res_id, content in conn.execute(q.order_by(q.selected_columns[0])).all():
+                if rid in seen:
                     continue
-                seen.add(row.rid)
-                new.append(Found(row.rid, row.res_type, row.res_id, row.content))
+                seen.add(rid)
+                new.append(Found(rid, res_type, res_id, content))
         out.extend(new)
         frontier = new
     return out
