@@ -304,6 +304,20 @@ def test_type_search_sees_only_the_compartment(w, a, admin) -> None:
     assert {f"Observation/{w['pa-lab']}", f"Observation/{w['pb-lab']}"} <= everyone
 
 
+def test_patients_tokens_sharing_a_search_shape_see_their_own(w, a, tok) -> None:
+    """The page statement of a search shape is built once and reused with each request's values
+    (app.search.template), the token's patient among them: A, then B, then A again."""
+    b = tok("patient/*.cruds", patient=w["pb"])
+    a_obs = {f"Observation/{w['pa-lab']}"}
+    b_obs = {f"Observation/{w['pb-lab']}", f"Observation/{w['pb-vit']}"}
+    for client, own, other in ((a, a_obs, b_obs), (b, b_obs, a_obs), (a, a_obs, b_obs)):
+        for params in ({"_count": "100"}, {"_sort": "-date", "_count": "100"}, {"code": "http://loinc.org|718-7"}):
+            got = refs(client.get("Observation", **params))
+            assert not got & other, params
+            if "code" not in params:
+                assert own <= got, params
+
+
 def test_search_by_the_other_patient_finds_nothing(w, a) -> None:
     assert refs(a.get("Observation", subject=f"Patient/{w['pb']}")) == set()
     assert refs(a.get("Observation", _id=w["pb-lab"])) == set()
