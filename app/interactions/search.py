@@ -233,39 +233,38 @@ def _page_statement(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[Sor
     """The page statement and the bind values to run it with.
 
     Searches of one shape share one statement (app.search.template): the first builds it with
-    named bind parameters, later ones only walk their trees for the values.  Values are taken in
-    a fixed order: the trees (in ``scope.types`` order), the rid bound, the cursor's key values
-    (those not NULL), the cursor's rid; the build walks the same order, so names line up.
+    named bind parameters, later ones only walk their trees for the values.  Both go through
+    ``_bind`` so the n-th value always has the n-th name.
     """
+    if not use_templates:
+        return _build_page(ctx, scope, trees, keys, bound, count, cur, reverse), {}
     rec = Binder()
     try:
-        shapes = tuple(walk(trees[t], rec)[0] for t in scope.types) if use_templates else None
+        shapes, *_ = _bind(rec, scope.types, trees, bound, cur)
     except NotTemplatable:
-        shapes = None
-    if shapes is None:
         return _build_page(ctx, scope, trees, keys, bound, count, cur, reverse), {}
-    if bound is not None:
-        rec(bound[1])
-    if cur is not None:
-        for v in cur.values:
-            if v is not None:
-                rec(v)
-        rec(cur.rid)
     key = (tuple(scope.types), shapes, tuple(keys), bound[0] if bound else None,
            (cur.direction, tuple(v is None for v in cur.values)) if cur is not None else None, reverse, count)
     templates = templates_for(ctx.registry)
     stmt = templates.get(key)
     if stmt is None:
-        b = Binder(build=True)
-        bound_trees = {t: walk(trees[t], b)[1] for t in scope.types}
-        b_bound = (bound[0], b(bound[1])) if bound is not None else None
-        b_cur = None
-        if cur is not None:
-            values = tuple(None if v is None else b(v) for v in cur.values)
-            b_cur = Cursor(cur.direction, values, b(cur.rid))
-        stmt = _build_page(ctx, scope, bound_trees, keys, b_bound, count, b_cur, reverse)
+        _, b_trees, b_bound, b_cur = _bind(Binder(build=True), scope.types, trees, bound, cur)
+        stmt = _build_page(ctx, scope, b_trees, keys, b_bound, count, b_cur, reverse)
         templates.put(key, stmt)
     return stmt, rec.values
+
+
+def _bind(b: Binder, types: list[str], trees: dict, bound: tuple[str, int] | None, cur: Cursor | None):
+    """Every value of a page statement through ``b``, in one order: the trees (in ``types``
+    order), the rid bound, the cursor's key values (those not NULL), the cursor's rid.
+    Returns the trees' shape keys and, in build mode, the trees, bound and cursor with binds."""
+    walked = [walk(trees[t], b) for t in types]
+    b_bound = (bound[0], b(bound[1])) if bound is not None else None
+    b_cur = None
+    if cur is not None:
+        values = tuple(None if v is None else b(v) for v in cur.values)
+        b_cur = Cursor(cur.direction, values, b(cur.rid))
+    return tuple(k for k, _ in walked), {t: n for t, (_, n) in zip(types, walked, strict=True)}, b_bound, b_cur
 
 
 def _build_page(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey],
@@ -289,18 +288,32 @@ def _build_page(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey
 def _page(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey],
           bound: tuple[str, Any] | None, count: int, cur: Cursor | None, reverse: bool) -> Select:
     """The page query over the match query: keyset filter, sort, cut, then the page's JSON."""
-    if len(scope.types) == 1 and keys and not any(_is_column(k, scope.types, ctx.registry) for k in keys):
+    on_index = [not _is_column(k, scope.types, ctx.registry) for k in keys]
+    if len(scope.types) == 1 and keys and all(on_index):
         page = _index_sorted_page(ctx, scope.types[0], trees[scope.types[0]], keys, count, cur, reverse)
         if page is not None:
             return page
     m = _match_query(ctx, scope, trees, keys, bound, count + 1)
-    if any(not _is_column(k, scope.types, ctx.registry) for k in keys):
+    if any(on_index):
         # Sort keys from index tables are correlated subqueries: fence the match query (OFFSET 0
         # stops PostgreSQL pulling it up) so each key is computed once per match, not once in
         # the keyset filter and again in the sort.
         m = select(m).offset(0).subquery("mf")
+    top = _cut(m, [m.c.res_type, m.c.res_id, m.c.version], keys, count, cur, reverse)
+    pk = [top.c[f"k{i}"] for i in range(len(keys))]
+    return (
+        select(top.c.rid, top.c.res_type, top.c.res_id, resource_version.c.content, *pk)
+        .join(resource_version, and_(resource_version.c.rid == top.c.rid, resource_version.c.version == top.c.version))
+        .order_by(*order_by(pk, keys, top.c.rid, reverse))
+    )
+
+
+def _cut(m, extra: list, keys: list[SortKey], count: int, cur: Cursor | None, reverse: bool):
+    """``m``'s rows after the cursor, sorted and cut to the page (+1), as subquery ``p`` of
+    ``rid``, ``extra`` and the keys ``k0..kn``: done on the narrow rows, so only the page's rows
+    fetch their JSON."""
     kcols = [m.c[f"k{i}"] for i in range(len(keys))]
-    top = select(m.c.rid, m.c.res_type, m.c.res_id, m.c.version, *kcols)
+    top = select(m.c.rid, *extra, *kcols)
     if cur is not None:
         top = top.where(after(kcols, keys, m.c.rid, cur))
         if keys and keys[0].code in _NOT_NULL_KEYS and cur.values[0] is not None:
@@ -308,14 +321,7 @@ def _page(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey],
             # the index range scan starts at the cursor (the OR-expanded condition alone is not).
             v = cur.values[0]
             top = top.where(kcols[0] <= v if keys[0].desc != reverse else kcols[0] >= v)
-    # Sort and cut the page on the narrow rows first; only the page's rows fetch their JSON.
-    top = top.order_by(*order_by(kcols, keys, m.c.rid, reverse)).limit(count + 1).subquery("p")
-    pk = [top.c[f"k{i}"] for i in range(len(keys))]
-    return (
-        select(top.c.rid, top.c.res_type, top.c.res_id, resource_version.c.content, *pk)
-        .join(resource_version, and_(resource_version.c.rid == top.c.rid, resource_version.c.version == top.c.version))
-        .order_by(*order_by(pk, keys, top.c.rid, reverse))
-    )
+    return top.order_by(*order_by(kcols, keys, m.c.rid, reverse)).limit(count + 1).subquery("p")
 
 
 def _index_sorted_page(ctx: FhirContext, t: str, tree, keys: list[SortKey], count: int,
@@ -335,12 +341,7 @@ def _index_sorted_page(ctx: FhirContext, t: str, tree, keys: list[SortKey], coun
     d = d.subquery("d")
     exprs = [sort_expression(k, t, d, ctx.registry, aliases).label(f"k{i}") for i, k in enumerate(keys)]
     # OFFSET 0 fences the keys (correlated subqueries) so each is computed once per match.
-    m = select(d.c.rid, *exprs).offset(0).subquery("mf")
-    kcols = [m.c[f"k{i}"] for i in range(len(keys))]
-    top = select(m.c.rid, *kcols)
-    if cur is not None:
-        top = top.where(after(kcols, keys, m.c.rid, cur))
-    top = top.order_by(*order_by(kcols, keys, m.c.rid, reverse)).limit(count + 1).subquery("p")
+    top = _cut(select(d.c.rid, *exprs).offset(0).subquery("mf"), [], keys, count, cur, reverse)
     pk = [top.c[f"k{i}"] for i in range(len(keys))]
     r, rv = resource, resource_version
     return (
