@@ -42,6 +42,8 @@ from sqlalchemy.exc import DBAPIError
 
 from app.db import unit_of_work
 from app.db.deadline import QueryTimeout, statement_deadline
+from app.db.driver import DriverStatement, driver_rows, for_driver
+from app.db.engine import single_read
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
 from app.interactions.context import FhirContext, Result
@@ -229,29 +231,37 @@ def _match_query(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKe
 
 def _page_statement(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[SortKey],
                     bound: tuple[str, int] | None, count: int, cur: Cursor | None, reverse: bool,
-                    use_templates: bool = True) -> tuple[Select, dict]:
-    """The page statement and the bind values to run it with.
+                    use_templates: bool = True) -> tuple[Select, dict, DriverStatement | None]:
+    """The page statement, the bind values to run it with, and (PostgreSQL) the statement
+    compiled for running on the driver connection (app.db.driver).
 
     Searches of one shape share one statement (app.search.template): the first builds it with
     named bind parameters, later ones only walk their trees for the values.  Both go through
     ``_bind`` so the n-th value always has the n-th name.
     """
     if not use_templates:
-        return _build_page(ctx, scope, trees, keys, bound, count, cur, reverse), {}
+        return _build_page(ctx, scope, trees, keys, bound, count, cur, reverse), {}, None
     rec = Binder()
     try:
         shapes, *_ = _bind(rec, scope.types, trees, bound, cur)
     except NotTemplatable:
-        return _build_page(ctx, scope, trees, keys, bound, count, cur, reverse), {}
+        return _build_page(ctx, scope, trees, keys, bound, count, cur, reverse), {}, None
     key = (tuple(scope.types), shapes, tuple(keys), bound[0] if bound else None,
            (cur.direction, tuple(v is None for v in cur.values)) if cur is not None else None, reverse, count)
     templates = templates_for(ctx.registry)
-    stmt = templates.get(key)
-    if stmt is None:
+    built = templates.get(key)
+    if built is None:
         _, b_trees, b_bound, b_cur = _bind(Binder(build=True), scope.types, trees, bound, cur)
-        stmt = _build_page(ctx, scope, b_trees, keys, b_bound, count, b_cur, reverse)
-        templates.put(key, stmt)
-    return stmt, rec.values
+        built = (_build_page(ctx, scope, b_trees, keys, b_bound, count, b_cur, reverse), {})
+        templates.put(key, built)
+    stmt, on_driver = built
+    # The statement is the same for every database; its driver form is per dialect (apps on
+    # SQLite and PostgreSQL in one process share a registry, as the tests' do).
+    dialect = (ctx.read_engine or ctx.engine).dialect
+    name = f"{dialect.name}+{dialect.driver}"
+    if name not in on_driver:
+        on_driver[name] = for_driver(stmt, dialect, rec.values)
+    return stmt, rec.values, on_driver[name]
 
 
 def _bind(b: Binder, types: list[str], trees: dict, bound: tuple[str, int] | None, cur: Cursor | None):
@@ -401,10 +411,10 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
     reverse = cur is not None and cur.direction == "prev"
     wants_rows = shape.summary != "count" and count > 0
     trees = {t: _effective_tree(ctx, scope, reqs, t) for t in scope.types}
-    page, page_params = None, {}
+    page, page_params, on_driver = None, {}, None
     if wants_rows:
         # ``_explain`` shows the SQL with this request's values inline: built for it, not shared.
-        page, page_params = _page_statement(ctx, scope, trees, keys, bound, count, cur, reverse,
+        page, page_params, on_driver = _page_statement(ctx, scope, trees, keys, bound, count, cur, reverse,
                                             use_templates=not explain)
 
     def all_matches():  # totals count every match, not only this page's
@@ -435,7 +445,10 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
         total: int | None = None
         if wants_rows:
             sql_log.append(("page", page))
-            rows = list(conn.execute(page, page_params).all())
+            if on_driver is not None:
+                rows = driver_rows(conn, on_driver, page_params, ctx.search_timeout_ms)
+            else:
+                rows = list(conn.execute(page, page_params).all())
         more = len(rows) > count
         rows = rows[:count]
         if reverse:
@@ -514,13 +527,8 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
 
 @contextmanager
 def _read_connection(engine: Engine, one_statement: bool) -> Iterator[Connection]:
-    """PostgreSQL, one statement: autocommit (psycopg sets it client-side, no round trip);
-    otherwise a transaction (app.db.unit_of_work)."""
-    if one_statement and engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            yield conn.execution_options(isolation_level="AUTOCOMMIT")
-        return
-    with unit_of_work(engine) as conn:
+    """One statement: app.db.engine.single_read; otherwise a transaction (one snapshot)."""
+    with (single_read if one_statement else unit_of_work)(engine) as conn:
         yield conn
 
 
@@ -548,7 +556,7 @@ def _is_column(key: SortKey, types: list[str], registry) -> bool:
 def _links(ctx: FhirContext, scope: _Scope, link_params, keys, self_url, rows, cur, more) -> list[dict]:
     """``self``, ``next``, ``previous``: each ``<path>?_cursor=<sealed search and position>``."""
     def url(direction: str, row) -> str:
-        values = tuple(row._mapping[f"k{i}"] for i in range(len(keys)))
+        values = tuple(getattr(row, f"k{i}") for i in range(len(keys)))
         token = seal_search(ctx.secret_key, ctx.caller, scope.rel, link_params, Cursor(direction, values, row.rid))
         return link_url(scope.path, token)
 

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 from app.db import deadline
 from app.db.deadline import QueryTimeout, statement_deadline
 from app.db.engine import make_engine
+from app.search.template import templates_for
 
 SLOW_SQL = {
     "postgresql": "SELECT pg_sleep(2)",
@@ -86,6 +87,26 @@ def test_a_long_search_is_too_costly_not_a_hung_worker(tiny_timeout) -> None:
     assert "1 ms" in r.json()["issue"][0]["diagnostics"]
     # the server goes on: with the limit lifted, the same search answers
     app.config["SEARCH_TIMEOUT_MS"] = 0
+    try:
+        ok = requests.get(f"{srv.base}/Patient", params={"_tag": f"urn:test:t|{tag}", "_total": "accurate",
+                                                        "_count": "5"}, headers=H)
+        assert ok.status_code == 200, ok.text[:300]
+        assert ok.json()["total"] == 3000
+    finally:
+        app.config["SEARCH_TIMEOUT_MS"] = 1
+
+
+def test_a_templated_search_past_its_deadline_is_too_costly(tiny_timeout) -> None:
+    """Token values and date sorts make a statement template, which PostgreSQL runs on the
+    driver connection (app.db.driver): its cancellation is the same 400 ``too-costly``."""
+    app, srv, tag = tiny_timeout
+    r = requests.get(f"{srv.base}/Patient", params={"_tag": f"urn:test:t|{tag}", "_sort": "-birthdate,-_lastUpdated",
+                                                   "_count": "1000"}, headers=H)
+    assert r.status_code == 400, r.text[:300]
+    assert outcome_codes(r) == ["too-costly"]
+    registry = app.extensions["results_repo"].registry
+    assert len(templates_for(registry)) >= 1  # it was a template
+    app.config["SEARCH_TIMEOUT_MS"] = 0  # the worker and its pool go on
     try:
         ok = requests.get(f"{srv.base}/Patient", params={"_tag": f"urn:test:t|{tag}", "_total": "accurate",
                                                         "_count": "5"}, headers=H)

@@ -1,0 +1,74 @@
+"""Running a prepared-once statement on the pooled psycopg connection itself.
+
+Why: a search statement that is a template (app.search.template) is compiled once and run
+thousands of times with other values.  Through SQLAlchemy each run still pays for an execution
+context, parameter processing, result metadata and row objects: about 0.1 ms of application CPU,
+a few per cent of a whole search request (docs/performance.md).  psycopg gives the same rows from
+the same SQL text, and shares its prepared statements with SQLAlchemy's executions on the
+connection (both key them on the SQL).
+
+Only statements whose parameters need no SQLAlchemy processing qualify (:func:`for_driver`
+returns None otherwise), so the values reach the database exactly as SQLAlchemy would send them.
+Errors keep the meanings the callers rely on: a cancelled statement (``statement_timeout``) is
+:class:`~app.db.deadline.QueryTimeout`; a dead connection is invalidated and reported as a
+:class:`~sqlalchemy.exc.DBAPIError` with ``connection_invalidated`` set, so a read is retried
+on a fresh connection as before; the pool is emptied as SQLAlchemy does on a disconnect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+
+from app.db.deadline import QueryTimeout
+
+
+@dataclass(frozen=True)
+class DriverStatement:
+    """A statement compiled for psycopg: its SQL (``%(name)s`` placeholders) and the values of
+    its own bind parameters (``LIMIT`` and the like); the caller supplies the others."""
+
+    sql: str
+    fixed: dict[str, Any]
+
+
+def for_driver(stmt: Any, dialect: Dialect, names: Iterable[str]) -> DriverStatement | None:
+    """``stmt`` compiled for running with :func:`driver_rows`, the caller giving ``names``; None
+    when it cannot be (not psycopg, or a parameter SQLAlchemy would process or expand)."""
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return None
+    compiled = stmt.compile(dialect=dialect)
+    if compiled._bind_processors or compiled.literal_execute_params or compiled.post_compile_params:
+        return None
+    names = set(names)
+    params = compiled.params
+    if not names <= params.keys():
+        return None
+    return DriverStatement(str(compiled), {k: v for k, v in params.items() if k not in names})
+
+
+def driver_rows(conn: Connection, st: DriverStatement, values: dict[str, Any], timeout_ms: int = 0) -> list:
+    """All rows of ``st`` run on ``conn``'s psycopg connection, as named tuples (``row.rid``)."""
+    import psycopg
+    from psycopg.rows import namedtuple_row
+
+    driver = conn.connection.driver_connection
+    try:
+        with driver.cursor(row_factory=namedtuple_row) as cur:
+            cur.execute(st.sql, {**st.fixed, **values})
+            return cur.fetchall()
+    except psycopg.errors.QueryCanceled as e:
+        raise QueryTimeout(timeout_ms) from e
+    except psycopg.Error as e:
+        gone = conn.dialect.is_disconnect(e, driver, None)
+        if gone:
+            conn.invalidate(e)
+            conn.engine.dispose(close=False)  # its other connections died with it (a restart)
+        # No parameters in the error: they are patients' data.
+        raise DBAPIError.instance(st.sql, None, e, psycopg.Error, hide_parameters=True,
+                                  connection_invalidated=gone, dialect=conn.dialect) from e

@@ -1,0 +1,133 @@
+"""Statements run on the driver connection (app.db.driver): same rows as SQLAlchemy gives, and
+the same meanings for what goes wrong (a cancelled statement is QueryTimeout; a dead connection
+is invalidated and reported retryable, and a search retries it), on a real PostgreSQL.
+SQLite and statements SQLAlchemy must process never take this path."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import bindparam, create_engine, select, text
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
+
+from app.db.deadline import QueryTimeout
+from app.db.driver import DriverStatement, driver_rows, for_driver
+from app.search.template import templates_for
+from app.storage.tables import resource
+
+
+def _pg(url: str) -> None:
+    if url.startswith("sqlite"):
+        pytest.skip("the driver path is PostgreSQL's (psycopg)")
+
+
+def _stmt():
+    return (select(resource.c.rid, resource.c.res_id)
+            .where(resource.c.res_type == bindparam("sv0"))
+            .order_by(resource.c.rid).limit(5))
+
+
+@pytest.mark.parametrize(("case", "ok"), [
+    ("sqlite dialect", False),
+    ("expanding IN list", False),
+    ("a name the statement lacks", False),
+    ("bound values only", True),
+])
+def test_which_statements_go_to_the_driver(database_url, case, ok) -> None:
+    _pg(database_url)
+    engine = create_engine(database_url)
+    try:
+        dialect, stmt, names = engine.dialect, _stmt(), ["sv0"]
+        if case == "sqlite dialect":
+            dialect = sqlite.dialect()
+        elif case == "expanding IN list":
+            stmt = stmt.where(resource.c.res_id.in_(["a", "b"]))
+        elif case == "a name the statement lacks":
+            names = ["sv0", "sv1"]
+        st = for_driver(stmt, dialect, names)
+        assert (st is not None) == ok
+        if ok:
+            assert "%(sv0)s" in st.sql and "sv0" not in st.fixed
+            assert list(st.fixed.values()) == [5]  # the LIMIT, SQLAlchemy's own parameter
+    finally:
+        engine.dispose()
+
+
+def test_driver_rows_are_sqlalchemys_rows(database_url, app) -> None:
+    _pg(database_url)
+    client = app.test_client()
+    for _ in range(3):
+        assert client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "other"}).status_code == 201
+    engine = app.extensions["results_repo"].engine
+    st = for_driver(_stmt(), engine.dialect, ["sv0"])
+    with engine.connect() as conn:
+        expected = conn.execute(_stmt(), {"sv0": "Patient"}).all()
+        got = driver_rows(conn, st, {"sv0": "Patient"})
+    assert expected and [tuple(r) for r in got] == [tuple(r) for r in expected]
+    assert [r.res_id for r in got] == [r.res_id for r in expected]
+
+
+def test_a_cancelled_statement_is_a_timeout_and_the_connection_goes_on(database_url) -> None:
+    _pg(database_url)
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("SET statement_timeout = 50")
+            with pytest.raises(QueryTimeout):
+                driver_rows(conn, DriverStatement("SELECT pg_sleep(%(s)s)", {}), {"s": 2})
+            assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+            conn.exec_driver_sql("RESET statement_timeout")
+    finally:
+        engine.dispose()
+
+
+def _kill(database_url: str, pid: int) -> None:
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            assert c.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    finally:
+        admin.dispose()
+
+
+def test_a_dead_connection_is_invalidated_and_reported_retryable(database_url) -> None:
+    _pg(database_url)
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        pool_before = engine.pool
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() == pid  # the pooled one
+            _kill(database_url, pid)
+            with pytest.raises(DBAPIError) as err:
+                driver_rows(conn, DriverStatement("SELECT 1 AS one", {}), {})
+            assert err.value.connection_invalidated
+            assert conn.invalidated
+        assert engine.pool is not pool_before  # emptied, as SQLAlchemy does on a disconnect
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+    finally:
+        engine.dispose()
+
+
+def test_a_templated_search_retries_once_when_its_pooled_connection_died(database_url, app) -> None:
+    """A database restart between two searches: the template runs on the driver, meets the dead
+    connection, and the search answers from a fresh one."""
+    _pg(database_url)
+    client = app.test_client()
+    assert client.put("/fhir/Patient/drvdead", json={"resourceType": "Patient", "id": "drvdead", "identifier": [
+        {"system": "urn:drv", "value": "dead"}]}).status_code == 201
+    url = "/fhir/Patient?identifier=urn:drv|dead"
+    assert [e["resource"]["id"] for e in client.get(url).json["entry"]] == ["drvdead"]
+    state = app.extensions["results_repo"]
+    assert any(isinstance(v[1].get("postgresql+psycopg"), DriverStatement)
+               for v in templates_for(state.registry)._stmts.values())
+    read = state.read_engine
+    with read.connect() as conn:  # the pool's one connection, the one the search used
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    _kill(database_url, pid)
+    r = client.get(url)
+    assert r.status_code == 200, r.data[:300]
+    assert [e["resource"]["id"] for e in r.json["entry"]] == ["drvdead"]
