@@ -9,6 +9,11 @@ resources it applies to (never one query per resource):
   the resources (``target_type = T AND target_id IN (...)`` per type), joined to their current,
   non-deleted source rows.
 
+On PostgreSQL the lists are array parameters (``= ANY(...)``) and the names literals, so an
+include has one SQL text whatever the page holds: psycopg prepares it once, and without an
+authorisation predicate it runs on the driver connection (app.db.driver) from a statement
+compiled once per shape.
+
 Iteration: the first round applies every include to the matches; later rounds apply only the
 ``:iterate`` ones to what the previous round added, until nothing new arrives or
 ``MAX_ITERATIONS`` rounds ran.  A resource is returned once (as a match if it is one).
@@ -22,9 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import ARRAY, Connection, and_, any_, bindparam, cast, or_, select
 
+from app.db.driver import DriverStatement, driver_rows, for_driver
 from app.fhir.errors import FhirError
+from app.search.plan import const
 from app.storage.tables import resource, resource_version, sp_reference
 
 MAX_ITERATIONS = 4
@@ -95,17 +102,19 @@ def _parse_one(reverse: bool, iterate: bool, value: str, registry: Any, enabled:
     return IncludeSpec(reverse, iterate, src, codes, target, raw)
 
 
-def _include_query(spec: IncludeSpec, sources: list[Found], extra: Callable[[str, Any], Any] | None):
+def _include_query(spec: IncludeSpec, sources: list[Found], extra: Callable[[str, Any], Any] | None,
+                   pg: bool) -> tuple[Any, dict, tuple] | None:
+    """The query, its values and its shape key (None: nothing to include from ``sources``)."""
     ref, r = _INC_REF, _INC_RES
     rids = [f.rid for f in sources if spec.source_type in (None, f.res_type)]
     if not rids:
         return None
-    conds = [ref.c.rid.in_(rids), r.c.deleted.is_(False)]
+    conds = [_in(ref.c.rid, "inc_rids", rids, pg), r.c.deleted.is_(False)]
     if spec.source_type is not None:
-        conds.append(ref.c.res_type == spec.source_type)
-        conds.append(ref.c.param.in_(spec.params))
+        conds.append(ref.c.res_type == const(spec.source_type))
+        conds.append(ref.c.param.in_([const(p) for p in spec.params]))
     if spec.target is not None:
-        conds.append(ref.c.target_type == spec.target)
+        conds.append(ref.c.target_type == const(spec.target))
     q = (
         select(r.c.rid, r.c.res_type, r.c.res_id, resource_version.c.content)
         .select_from(ref)
@@ -113,10 +122,11 @@ def _include_query(spec: IncludeSpec, sources: list[Found], extra: Callable[[str
         .join(resource_version, and_(resource_version.c.rid == r.c.rid, resource_version.c.version == r.c.version))
         .where(*conds)
     )
-    return _with_extra(q, r, extra)
+    return _with_extra(q, r, extra), {"inc_rids": rids}, (spec,)
 
 
-def _revinclude_query(spec: IncludeSpec, targets: list[Found], extra: Callable[[str, Any], Any] | None):
+def _revinclude_query(spec: IncludeSpec, targets: list[Found], extra: Callable[[str, Any], Any] | None,
+                      pg: bool) -> tuple[Any, dict, tuple] | None:
     ref, r = _REV_REF, _REV_RES
     by_type: dict[str, list[str]] = {}
     for f in targets:
@@ -124,11 +134,14 @@ def _revinclude_query(spec: IncludeSpec, targets: list[Found], extra: Callable[[
             by_type.setdefault(f.res_type, []).append(f.res_id)
     if not by_type:
         return None
-    target_cond = or_(*(and_(ref.c.target_type == t, ref.c.target_id.in_(ids)) for t, ids in by_type.items()))
+    types = sorted(by_type)
+    values = {f"rev_ids{i}": by_type[t] for i, t in enumerate(types)}
+    target_cond = or_(*(and_(ref.c.target_type == const(t), _in(ref.c.target_id, f"rev_ids{i}", by_type[t], pg))
+                        for i, t in enumerate(types)))
     conds = [target_cond, r.c.deleted.is_(False)]
     if spec.source_type is not None:
-        conds.append(ref.c.res_type == spec.source_type)
-        conds.append(ref.c.param.in_(spec.params))
+        conds.append(ref.c.res_type == const(spec.source_type))
+        conds.append(ref.c.param.in_([const(p) for p in spec.params]))
     q = (
         select(r.c.rid, r.c.res_type, r.c.res_id, resource_version.c.content)
         .select_from(ref)
@@ -136,7 +149,15 @@ def _revinclude_query(spec: IncludeSpec, targets: list[Found], extra: Callable[[
         .join(resource_version, and_(resource_version.c.rid == r.c.rid, resource_version.c.version == r.c.version))
         .where(*conds)
     )
-    return _with_extra(q, r, extra)
+    return _with_extra(q, r, extra), values, (spec, tuple(types))
+
+
+def _in(col: Any, name: str, values: list, pg: bool) -> Any:
+    """PostgreSQL: ``col = ANY(:name)``, one array parameter, so the SQL is the same for any
+    number of values (one prepared statement, reusable plans); SQLite: ``col IN (...)``."""
+    if not pg:
+        return col.in_(values)
+    return col == any_(cast(bindparam(name), ARRAY(col.type)))
 
 
 def _with_extra(q, r, extra):
@@ -146,12 +167,31 @@ def _with_extra(q, r, extra):
     return q if cond is None else q.where(cond)
 
 
+# PostgreSQL, no ``extra``: the include statements compiled for the driver, by shape (a spec
+# and, for _revinclude, the target types); few, and bounded like the search templates.
+_ON_DRIVER: dict[tuple, DriverStatement | None] = {}
+_MAX_ON_DRIVER = 1024
+
+
+def _rows(conn: Connection, q: Any, values: dict, key: tuple, cacheable: bool) -> list:
+    if cacheable:
+        st = _ON_DRIVER.get(key, False)
+        if st is False:
+            if len(_ON_DRIVER) >= _MAX_ON_DRIVER:
+                _ON_DRIVER.clear()
+            st = _ON_DRIVER[key] = for_driver(q, conn.dialect, values)
+        if st is not None:
+            return driver_rows(conn, st, values)
+    return list(conn.execute(q, values).all())
+
+
 def resolve_includes(conn: Connection, specs: list[IncludeSpec], matches: list[Found],
                      extra: Callable[[Any], Any] | None = None,
                      on_query: Callable[[Any], None] | None = None) -> list[Found]:
     """The included resources (not already among ``matches``), in a stable order."""
     if not specs or not matches:
         return []
+    pg = conn.dialect.name == "postgresql"
     seen = {f.rid for f in matches}
     out: list[Found] = []
     frontier = list(matches)
@@ -162,14 +202,17 @@ def resolve_includes(conn: Connection, specs: list[IncludeSpec], matches: list[F
         pool = frontier
         new: list[Found] = []
         for spec in active:
-            q = (_revinclude_query if spec.reverse else _include_query)(spec, pool, extra)
-            if q is None:
+            built = (_revinclude_query if spec.reverse else _include_query)(spec, pool, extra, pg)
+            if built is None:
                 continue
+            q, values, key = built
+            q = q.order_by(q.selected_columns[0])
             if on_query is not None:
-                on_query(q)
-            # all() fetches in one call; iterating the result fetches row by row (~100 rows a page
-            # of reports with their results)
-            for rid, res_type, res_id, content in conn.execute(q.order_by(q.selected_columns[0])).all():
+                on_query(q.params(values) if pg else q)
+            # all rows in one call; iterating a result fetches row by row (~100 rows a page of
+            # reports with their results)
+            for rid, res_type, res_id, content in _rows(conn, q, values, (conn.dialect.driver, spec.reverse, *key),
+                                                        pg and extra is None):
                 if rid in seen:
                     continue
                 seen.add(rid)
