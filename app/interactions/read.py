@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.auth.permission import guard_read
 from app.db import unit_of_work
+from app.db.engine import single_read
 from app.fhir.errors import FhirError
 from app.fhir.jsonutil import http_date
 from app.interactions.context import FhirContext, Result
@@ -26,7 +27,11 @@ def _gone(stored: Stored, headers: dict[str, str]) -> FhirError:
 def read(ctx: FhirContext, res_type: str, res_id: str) -> Result:
     ctx.check_type(res_type)
     ctx.check_id(res_id)
-    with unit_of_work(ctx.engine) as conn:
+    # The row check of a token bounded to a compartment (or by filters) is a second statement,
+    # which must see the same snapshot as the read; every other read is one statement.
+    perm = ctx.permission
+    one = perm is None or not perm.bounded(res_type, "r")
+    with (single_read if one else unit_of_work)(ctx.engine) as conn:
         stored = ctx.repo(conn).read(res_type, res_id)
         guard_read(ctx, conn, res_type, res_id, stored.rid if stored else None,
                    current=stored.content if stored is not None and not stored.deleted else None)

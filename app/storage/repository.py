@@ -201,9 +201,7 @@ class Repository:
 
     def read(self, res_type: str, res_id: str) -> Stored | None:
         self.flush()
-        row = self.conn.execute(
-            self._current_select().where(resource.c.res_type == res_type, resource.c.res_id == res_id)
-        ).first()
+        row = self.conn.execute(_READ_BY_ID, {"rt": res_type, "rid": res_id}).first()
         return Stored(*row) if row else None
 
     def read_many(self, rids: list[int]) -> list[Stored]:
@@ -226,9 +224,7 @@ class Repository:
             self.flush()
         elif key in self._heads:
             return self._heads[key]
-        row = self.conn.execute(
-            self._head_select().where(resource.c.res_type == res_type, resource.c.res_id == res_id)
-        ).first()
+        row = self.conn.execute(_HEAD_BY_ID, {"rt": res_type, "rid": res_id}).first()
         return Head(*row) if row else None
 
     def prefetch_heads(self, keys: Iterable[tuple[str, str]]) -> None:
@@ -704,3 +700,11 @@ def conflict(exc: VersionConflict, precondition: bool) -> FhirError:
     if precondition:
         return FhirError(412, "conflict", f"{exc} (the version given in If-Match is no longer current)")
     return FhirError(409, "conflict", f"{exc}; read the resource again and retry")
+
+
+# Built once, not per call: reads run on every GET, and building a select with its joins costs
+# more application CPU than running it (docs/performance.md).
+_READ_BY_ID = Repository._current_select(None).where(  # type: ignore[arg-type]
+    resource.c.res_type == bindparam("rt"), resource.c.res_id == bindparam("rid"))
+_HEAD_BY_ID = Repository._head_select(None).where(  # type: ignore[arg-type]
+    resource.c.res_type == bindparam("rt"), resource.c.res_id == bindparam("rid"))
