@@ -141,8 +141,15 @@ def test_without_its_listener_a_worker_does_not_trust_its_cache(auth_app, databa
     admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            killed = conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": listener.backend_pid}).scalar()
+            pid = listener.backend_pid
+            killed = conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
             assert killed
+            # pg_terminate_backend only signals: the session is killed once it has gone (then
+            # its socket is closed); on a busy machine that can come after the update below.
+            gone_by = time.monotonic() + 10
+            while conn.execute(text("SELECT 1 FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).first():
+                assert time.monotonic() < gone_by, "the listener's session did not end"
+                time.sleep(0.01)
             conn.execute(update(auth_token).where(auth_token.c.token_hash == token_hash(raw)).values(revoked=True))
     finally:
         admin.dispose()
