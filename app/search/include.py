@@ -102,14 +102,9 @@ def _parse_one(reverse: bool, iterate: bool, value: str, registry: Any, enabled:
     return IncludeSpec(reverse, iterate, src, codes, target, raw)
 
 
-def _include_query(spec: IncludeSpec, sources: list[Found], extra: Callable[[str, Any], Any] | None,
-                   pg: bool) -> tuple[Any, dict, tuple] | None:
-    """The query, its values and its shape key (None: nothing to include from ``sources``)."""
+def _include_query(spec: IncludeSpec, values: dict, extra: Callable[[str, Any], Any] | None, pg: bool):
     ref, r = _INC_REF, _INC_RES
-    rids = [f.rid for f in sources if spec.source_type in (None, f.res_type)]
-    if not rids:
-        return None
-    conds = [_in(ref.c.rid, "inc_rids", rids, pg), r.c.deleted.is_(False)]
+    conds = [_in(ref.c.rid, "inc_rids", values["inc_rids"], pg), r.c.deleted.is_(False)]
     if spec.source_type is not None:
         conds.append(ref.c.res_type == const(spec.source_type))
         conds.append(ref.c.param.in_([const(p) for p in spec.params]))
@@ -122,21 +117,13 @@ def _include_query(spec: IncludeSpec, sources: list[Found], extra: Callable[[str
         .join(resource_version, and_(resource_version.c.rid == r.c.rid, resource_version.c.version == r.c.version))
         .where(*conds)
     )
-    return _with_extra(q, r, extra), {"inc_rids": rids}, (spec,)
+    return _with_extra(q, r, extra)
 
 
-def _revinclude_query(spec: IncludeSpec, targets: list[Found], extra: Callable[[str, Any], Any] | None,
-                      pg: bool) -> tuple[Any, dict, tuple] | None:
+def _revinclude_query(spec: IncludeSpec, types: tuple[str, ...], values: dict,
+                      extra: Callable[[str, Any], Any] | None, pg: bool):
     ref, r = _REV_REF, _REV_RES
-    by_type: dict[str, list[str]] = {}
-    for f in targets:
-        if spec.target is None or spec.target == f.res_type:
-            by_type.setdefault(f.res_type, []).append(f.res_id)
-    if not by_type:
-        return None
-    types = sorted(by_type)
-    values = {f"rev_ids{i}": by_type[t] for i, t in enumerate(types)}
-    target_cond = or_(*(and_(ref.c.target_type == const(t), _in(ref.c.target_id, f"rev_ids{i}", by_type[t], pg))
+    target_cond = or_(*(and_(ref.c.target_type == const(t), _in(ref.c.target_id, f"rev_ids{i}", values[f"rev_ids{i}"], pg))
                         for i, t in enumerate(types)))
     conds = [target_cond, r.c.deleted.is_(False)]
     if spec.source_type is not None:
@@ -149,7 +136,21 @@ def _revinclude_query(spec: IncludeSpec, targets: list[Found], extra: Callable[[
         .join(resource_version, and_(resource_version.c.rid == r.c.rid, resource_version.c.version == r.c.version))
         .where(*conds)
     )
-    return _with_extra(q, r, extra), values, (spec, tuple(types))
+    return _with_extra(q, r, extra)
+
+
+def _shape(spec: IncludeSpec, pool: list[Found]) -> tuple[tuple, dict | None]:
+    """An include's shape key (what decides its SQL: the spec and, for ``_revinclude``, the
+    target types present) and its values; None values: nothing to include from ``pool``."""
+    if not spec.reverse:
+        rids = [f.rid for f in pool if spec.source_type in (None, f.res_type)]
+        return (spec,), ({"inc_rids": rids} if rids else None)
+    by_type: dict[str, list[str]] = {}
+    for f in pool:
+        if spec.target is None or spec.target == f.res_type:
+            by_type.setdefault(f.res_type, []).append(f.res_id)
+    types = tuple(sorted(by_type))
+    return (spec, types), ({f"rev_ids{i}": by_type[t] for i, t in enumerate(types)} if types else None)
 
 
 def _in(col: Any, name: str, values: list, pg: bool) -> Any:
@@ -173,15 +174,28 @@ _ON_DRIVER: dict[tuple, DriverStatement | None] = {}
 _MAX_ON_DRIVER = 1024
 
 
-def _rows(conn: Connection, q: Any, values: dict, key: tuple, cacheable: bool) -> list:
-    if cacheable:
-        st = _ON_DRIVER.get(key, False)
-        if st is False:
-            if len(_ON_DRIVER) >= _MAX_ON_DRIVER:
-                _ON_DRIVER.clear()
-            st = _ON_DRIVER[key] = for_driver(q, conn.dialect, values)
-        if st is not None:
-            return driver_rows(conn, st, values)
+def _run_include(conn: Connection, spec: IncludeSpec, pool: list[Found], extra: Callable[[Any], Any] | None,
+                 pg: bool, on_query: Callable[[Any], None] | None) -> list:
+    """One include's rows, all in one call (iterating a result fetches row by row, and a page
+    of reports brings ~100 results).  PostgreSQL without ``extra``: a shape seen before runs its
+    compiled statement on the driver connection, with no statement built."""
+    key, values = _shape(spec, pool)
+    if values is None:
+        return []
+    ck = (conn.dialect.driver, key)
+    st = _ON_DRIVER.get(ck, False) if pg and extra is None else None
+    if st and on_query is None:
+        return driver_rows(conn, st, values)
+    q = _revinclude_query(spec, key[1], values, extra, pg) if spec.reverse else _include_query(spec, values, extra, pg)
+    q = q.order_by(q.selected_columns[0])
+    if on_query is not None:
+        on_query(q.params(values) if pg else q)
+    if st is False:
+        if len(_ON_DRIVER) >= _MAX_ON_DRIVER:
+            _ON_DRIVER.clear()
+        st = _ON_DRIVER[ck] = for_driver(q, conn.dialect, values)
+    if st:
+        return driver_rows(conn, st, values)
     return list(conn.execute(q, values).all())
 
 
@@ -202,17 +216,8 @@ def resolve_includes(conn: Connection, specs: list[IncludeSpec], matches: list[F
         pool = frontier
         new: list[Found] = []
         for spec in active:
-            built = (_revinclude_query if spec.reverse else _include_query)(spec, pool, extra, pg)
-            if built is None:
-                continue
-            q, values, key = built
-            q = q.order_by(q.selected_columns[0])
-            if on_query is not None:
-                on_query(q.params(values) if pg else q)
-            # all rows in one call; iterating a result fetches row by row (~100 rows a page of
-            # reports with their results)
-            for rid, res_type, res_id, content in _rows(conn, q, values, (conn.dialect.driver, spec.reverse, *key),
-                                                        pg and extra is None):
+            found = _run_include(conn, spec, pool, extra, pg, on_query)
+            for rid, res_type, res_id, content in found:
                 if rid in seen:
                     continue
                 seen.add(rid)
