@@ -49,6 +49,7 @@ def make_engine(url: str, echo: bool = False) -> Engine:
 
 
 PLAN_CACHE_MODES = ("auto", "force_custom_plan", "force_generic_plan")
+AUTOCOMMIT_DEFAULT = "results_repo_autocommit"  # engine execution option: its sessions start in autocommit
 
 
 def make_read_engine(engine: Engine, statement_timeout_ms: int, plan_cache_mode: str = "auto") -> Engine | None:
@@ -71,8 +72,12 @@ def make_read_engine(engine: Engine, statement_timeout_ms: int, plan_cache_mode:
     if engine.dialect.name != "postgresql":
         return None
     ms = max(0, int(statement_timeout_ms))
+    # Autocommit by default: most searches are one statement and then need no BEGIN/COMMIT and
+    # no switching per checkout (single_read); several statements switch to a snapshot
+    # (read_snapshot).
     read = create_engine(engine.url, echo=engine.echo, pool_pre_ping=False, pool_recycle=1800, pool_size=5,
-                         max_overflow=20, execution_options={"statement_timeout_ms": ms})
+                         max_overflow=20, isolation_level="AUTOCOMMIT",
+                         execution_options={"statement_timeout_ms": ms, AUTOCOMMIT_DEFAULT: True})
 
     @event.listens_for(read, "connect")
     def _session(dbapi_conn, _record) -> None:  # noqa: ANN001 - after SQLAlchemy's own first-connect queries
@@ -102,11 +107,31 @@ def unit_of_work(engine: Engine, write: bool = False) -> Iterator[Connection]:
 @contextmanager
 def single_read(engine: Engine) -> Iterator[Connection]:
     """For work that reads with one statement: PostgreSQL runs it in autocommit (psycopg sets
-    that client-side: no BEGIN/COMMIT round trips, ~0.1 ms of CPU on each side); SQLite in a
-    unit of work.  Nothing that needs one snapshot for two statements belongs here."""
+    that client-side: no BEGIN/COMMIT round trips, ~0.1 ms of CPU on each side; the read
+    engine's sessions are in autocommit already); SQLite in a unit of work.  Nothing that needs
+    one snapshot for two statements belongs here (read_snapshot)."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+            if conn.get_execution_options().get(AUTOCOMMIT_DEFAULT):
+                yield conn
+            else:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+        return
+    with unit_of_work(engine) as conn:
+        yield conn
+
+
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """Several reads that must agree (a page and its total or includes; a read and its row
+    check): PostgreSQL, one REPEATABLE READ, READ ONLY transaction, whose statements all see one
+    snapshot (under READ COMMITTED each statement takes its own; a read-only transaction never
+    meets a serialization failure); SQLite, a unit of work (a WAL read transaction is a snapshot)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with conn.begin():
+                yield conn
         return
     with unit_of_work(engine) as conn:
         yield conn

@@ -18,8 +18,8 @@ from app.auth.permission import (
     guard_versions,
     history_version_filter,
 )
-from app.db import unit_of_work
 from app.db.deadline import QueryTimeout, statement_deadline
+from app.db.engine import read_snapshot
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
 from app.fhir.jsonutil import instant, parse_instant
@@ -61,7 +61,7 @@ def history(ctx: FhirContext, res_type: str | None, res_id: str | None, args: di
         except (BadSignature, ValueError, TypeError):
             raise FhirError(400, "invalid", "The paging cursor is not valid; start again from the first page.", ["_cursor"]) from None
     try:
-        with unit_of_work(ctx.read_engine or ctx.engine) as conn, statement_deadline(conn, ctx.search_timeout_ms):
+        with read_snapshot(ctx.read_engine or ctx.engine) as conn, statement_deadline(conn, ctx.search_timeout_ms):
             repo = ctx.repo(conn)
             head = repo.head(res_type, res_id) if res_id is not None else None
             if res_id is not None:

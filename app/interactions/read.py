@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from app.auth.permission import guard_read
-from app.db import unit_of_work
-from app.db.engine import single_read
+from app.db.engine import read_snapshot, single_read
 from app.fhir.errors import FhirError
 from app.fhir.jsonutil import http_date
 from app.interactions.context import FhirContext, Result
@@ -31,7 +30,7 @@ def read(ctx: FhirContext, res_type: str, res_id: str) -> Result:
     # which must see the same snapshot as the read; every other read is one statement.
     perm = ctx.permission
     one = perm is None or not perm.bounded(res_type, "r")
-    with (single_read if one else unit_of_work)(ctx.engine) as conn:
+    with (single_read if one else read_snapshot)(ctx.engine) as conn:
         stored = ctx.repo(conn).read(res_type, res_id)
         guard_read(ctx, conn, res_type, res_id, stored.rid if stored else None,
                    current=stored.content if stored is not None and not stored.deleted else None)
@@ -45,7 +44,7 @@ def vread(ctx: FhirContext, res_type: str, res_id: str, version: str) -> Result:
     ctx.check_id(res_id)
     if not version.isdigit():
         raise FhirError(400, "invalid", f"'{version[:40]}' is not a version id (a positive integer).")
-    with unit_of_work(ctx.engine) as conn:
+    with read_snapshot(ctx.engine) as conn:
         stored = ctx.repo(conn).vread(res_type, res_id, int(version))
         guard_read(ctx, conn, res_type, res_id, stored.rid if stored else None, stored.content if stored else None)
     if stored is None:

@@ -40,10 +40,9 @@ import orjson
 from sqlalchemy import Connection, Engine, Select, and_, func, select, union_all
 from sqlalchemy.exc import DBAPIError
 
-from app.db import unit_of_work
 from app.db.deadline import QueryTimeout, statement_deadline
 from app.db.driver import DriverStatement, driver_rows, for_driver
-from app.db.engine import single_read
+from app.db.engine import read_snapshot, single_read
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
 from app.interactions.context import FhirContext, Result
@@ -527,8 +526,8 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
 
 @contextmanager
 def _read_connection(engine: Engine, one_statement: bool) -> Iterator[Connection]:
-    """One statement: app.db.engine.single_read; otherwise a transaction (one snapshot)."""
-    with (single_read if one_statement else unit_of_work)(engine) as conn:
+    """One statement: app.db.engine.single_read; otherwise one snapshot (read_snapshot)."""
+    with (single_read if one_statement else read_snapshot)(engine) as conn:
         yield conn
 
 
