@@ -26,6 +26,7 @@ from app.audit.events import ACTIONS, AuditRecord, Who, outcome_for
 from app.audit.patients import patients_in, patients_in_file
 from app.audit.recorder import Followed, Recorder
 from app.audit.store import store
+from app.db.engine import read_snapshot
 from app.search.paging import open_search
 
 log = logging.getLogger("results_repo.audit")
@@ -379,8 +380,9 @@ def register_audit_routes(bp: Blueprint) -> None:
 
         c = _ctx()
         access = q.access_for(c.permission, "s")
-        # a transaction: one snapshot for the page and its patients, and SET LOCAL for the deadline
-        with c.engine.connect() as conn, conn.begin():
+        # one snapshot for the page and its patients (app.db.engine.read_snapshot), and SET LOCAL
+        # for the deadline
+        with read_snapshot(c.engine) as conn:
             body = q.search(conn, params, access, base_url=c.base_url, secret=c.secret_key, caller=c.caller,
                             default_count=c.default_page_size, max_count=c.max_page_size,
                             strict=prefer_handling(request) == "strict", tz=c.tz,
