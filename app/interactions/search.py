@@ -462,7 +462,10 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
             else:
                 total = _estimate(conn, all_matches(), sql_log)
         matches = [Found(r.rid, r.res_type, r.res_id, r.content) for r in rows]
-        included = resolve_includes(conn, specs, matches, on_query=lambda q: sql_log.append(("include", q)),
+        # Only ``_explain`` needs the include statements: without it a known include shape runs
+        # its compiled statement and builds none (app.search.include).
+        on_query = (lambda q: sql_log.append(("include", q))) if explain else None
+        included = resolve_includes(conn, specs, matches, on_query=on_query,
                                     extra=ctx.permission.include_filter(ctx.enabled_types) if ctx.permission else None)
         return rows, more, total, matches, included
 

@@ -131,3 +131,27 @@ def test_a_templated_search_retries_once_when_its_pooled_connection_died(databas
     r = client.get(url)
     assert r.status_code == 200, r.data[:300]
     assert [e["resource"]["id"] for e in r.json["entry"]] == ["drvdead"]
+
+
+def test_a_known_include_shape_runs_without_building_a_statement(database_url, app, monkeypatch) -> None:
+    """The second search with the same include runs the statement compiled for the first."""
+    _pg(database_url)
+    from app.search import include
+
+    client = app.test_client()
+    assert client.put("/fhir/Patient/drvinc", json={"resourceType": "Patient", "id": "drvinc"}).status_code == 201
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/drvinc"}}
+    assert client.post("/fhir/Observation", json=obs).status_code == 201
+    url = "/fhir/Observation?subject=Patient/drvinc&_include=Observation:subject"
+
+    def entries(b: dict) -> list[tuple[str, str]]:
+        return [(e["search"]["mode"], e["resource"]["resourceType"]) for e in b["entry"]]
+
+    first = entries(client.get(url).json)
+    assert first == [("match", "Observation"), ("include", "Patient")]
+
+    def unbuilt(*_a, **_k):
+        raise AssertionError("an include statement was built for a known shape")
+
+    monkeypatch.setattr(include, "_include_query", unbuilt)
+    assert entries(client.get(url).json) == first
