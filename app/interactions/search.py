@@ -31,13 +31,11 @@ Result control:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Select, and_, func, select, union_all
+from sqlalchemy import Connection, Select, and_, func, select, union_all
 from sqlalchemy.exc import DBAPIError
 
 from app.db.deadline import QueryTimeout, statement_deadline
@@ -474,7 +472,7 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
     one_statement = not specs and (shape.summary == "count" or total_mode == "none")
     for attempt in (1, 2):
         try:
-            with _read_connection(ctx.read_engine or ctx.engine, one_statement) as conn, \
+            with (single_read if one_statement else read_snapshot)(ctx.read_engine or ctx.engine) as conn, \
                     statement_deadline(conn, ctx.search_timeout_ms):
                 rows, more, total, matches, included = fetch(conn)
             break
@@ -525,13 +523,6 @@ def _run(ctx: FhirContext, scope: _Scope, params: list[tuple[str, str]], strict:
         envelope["total"] = total
     envelope["link"] = links
     return Result(200, bundle_bytes(envelope, entries))
-
-
-@contextmanager
-def _read_connection(engine: Engine, one_statement: bool) -> Iterator[Connection]:
-    """One statement: app.db.engine.single_read; otherwise one snapshot (read_snapshot)."""
-    with (single_read if one_statement else read_snapshot)(engine) as conn:
-        yield conn
 
 
 def _unused(params: list[tuple[str, str]], sort_keys: list[str], includes: list[tuple[str, str]]) -> str:
