@@ -29,9 +29,10 @@ from typing import Any
 
 from sqlalchemy import ARRAY, Connection, and_, any_, bindparam, cast, or_, select
 
-from app.db.driver import DriverStatement, driver_rows, for_driver
+from app.db.driver import driver_rows, for_driver
 from app.fhir.errors import FhirError
 from app.search.plan import const
+from app.search.template import Templates
 from app.storage.tables import resource, resource_version, sp_reference
 
 MAX_ITERATIONS = 4
@@ -168,10 +169,10 @@ def _with_extra(q, r, extra):
     return q if cond is None else q.where(cond)
 
 
-# PostgreSQL, no ``extra``: the include statements compiled for the driver, by shape (a spec
-# and, for _revinclude, the target types); few, and bounded like the search templates.
-_ON_DRIVER: dict[tuple, DriverStatement | None] = {}
-_MAX_ON_DRIVER = 1024
+# PostgreSQL, no ``extra``: the include statements compiled for the driver (None: not
+# possible), by driver and shape (a spec and, for _revinclude, the target types); bounded like
+# the search templates.
+_ON_DRIVER = Templates()
 
 
 def _run_include(conn: Connection, spec: IncludeSpec, pool: list[Found], extra: Callable[[Any], Any] | None,
@@ -191,9 +192,8 @@ def _run_include(conn: Connection, spec: IncludeSpec, pool: list[Found], extra: 
     if on_query is not None:
         on_query(q.params(values) if pg else q)
     if st is False:
-        if len(_ON_DRIVER) >= _MAX_ON_DRIVER:
-            _ON_DRIVER.clear()
-        st = _ON_DRIVER[ck] = for_driver(q, conn.dialect, values)
+        st = for_driver(q, conn.dialect, values)
+        _ON_DRIVER.put(ck, st)
     if st:
         return driver_rows(conn, st, values)
     return list(conn.execute(q, values).all())

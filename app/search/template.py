@@ -152,13 +152,16 @@ class Templates:
         self._stmts: dict[Hashable, Any] = {}
         self.max_shapes = max_shapes
 
-    def get(self, key: Hashable) -> Any:
-        return self._stmts.get(key)
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        return self._stmts.get(key, default)
 
     def put(self, key: Hashable, stmt: Any) -> None:
         if len(self._stmts) >= self.max_shapes:
             self._stmts.clear()  # a plain dict stays safe with threaded workers; rebuilding is cheap
         self._stmts[key] = stmt
+
+    def clear(self) -> None:
+        self._stmts.clear()
 
     def __len__(self) -> int:
         return len(self._stmts)
