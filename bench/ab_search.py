@@ -16,17 +16,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from search_bench import postgres_pids, proc_cpu_seconds, sample, scenario_urls  # noqa: E402
+from profile_search import in_process_app  # (it puts the repository root on sys.path)
+from search_bench import postgres_pids, proc_cpu_seconds, sample, scenario_urls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,10 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
 
-    os.environ.update(DATABASE_URL=args.database_url, SECRET_KEY="bench-secret-key",
-                      PUBLIC_BASE_URL="http://127.0.0.1:8765/fhir", RESULTS_REPO_ENV="development",
-                      AUTH_REQUIRED="false", BULK_INPROCESS_WORKER="false")
-    from app import create_app  # noqa: PLC0415
+    client = in_process_app(args.database_url).test_client()
     from app.search import include  # noqa: PLC0415
     from app.search.template import _BY_REGISTRY  # noqa: PLC0415
 
@@ -54,10 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     def variant(b: bool) -> None:
         setattr(mod, attr, alt if b else orig)
         for t in _BY_REGISTRY.values():
-            t._stmts.clear()
+            t.clear()
         include._ON_DRIVER.clear()
 
-    client = create_app().test_client()
     urls = scenario_urls(sample(args.database_url, args.seed), args.seed)
     print(f"A = as is, B = {attr} replaced; app / PostgreSQL CPU ms per request (medians)")
     for name, lst in urls.items():

@@ -27,6 +27,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 from search_bench import postgres_pids, proc_cpu_seconds, sample, scenario_urls  # noqa: E402
 
 
+def in_process_app(database_url: str):  # noqa: ANN201 - a Flask app
+    """The app as the benchmarks run it (open API, no in-process bulk worker), in this process."""
+    os.environ.update(DATABASE_URL=database_url, SECRET_KEY="bench-secret-key",
+                      PUBLIC_BASE_URL="http://127.0.0.1:8765/fhir", RESULTS_REPO_ENV="development",
+                      AUTH_REQUIRED="false", BULK_INPROCESS_WORKER="false")
+    from app import create_app  # noqa: PLC0415
+
+    return create_app()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--database-url", required=True)
@@ -36,13 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
 
-    os.environ.update(DATABASE_URL=args.database_url, SECRET_KEY="bench-secret-key",
-                      PUBLIC_BASE_URL="http://127.0.0.1:8765/fhir", RESULTS_REPO_ENV="development",
-                      AUTH_REQUIRED="false", BULK_INPROCESS_WORKER="false")
-    from app import create_app  # noqa: PLC0415
-
-    app = create_app()
-    client = app.test_client()
+    client = in_process_app(args.database_url).test_client()
     urls = scenario_urls(sample(args.database_url, args.seed), args.seed)
     for name, lst in urls.items():
         if args.only and name not in args.only:
