@@ -184,7 +184,8 @@ class Repository:
         self._replacements: dict[int, tuple[str, dict[str, list[dict]], set[tuple[str, str]]]] = {}
 
     # ---- reads -------------------------------------------------------------------------------
-    def _current_select(self):
+    @staticmethod
+    def _current_select():
         return select(
             resource.c.rid,
             resource.c.res_type,
@@ -212,7 +213,8 @@ class Repository:
         by_rid = {r.rid: Stored(*r) for r in rows}
         return [by_rid[r] for r in rids if r in by_rid]
 
-    def _head_select(self):
+    @staticmethod
+    def _head_select():
         return select(
             resource.c.rid, resource.c.version, resource.c.deleted, resource.c.content_hash, resource.c.last_updated
         )
@@ -704,7 +706,7 @@ def conflict(exc: VersionConflict, precondition: bool) -> FhirError:
 
 # Built once, not per call: reads run on every GET, and building a select with its joins costs
 # more application CPU than running it (docs/performance.md).
-_READ_BY_ID = Repository._current_select(None).where(  # type: ignore[arg-type]
+_READ_BY_ID = Repository._current_select().where(
     resource.c.res_type == bindparam("rt"), resource.c.res_id == bindparam("rid"))
-_HEAD_BY_ID = Repository._head_select(None).where(  # type: ignore[arg-type]
+_HEAD_BY_ID = Repository._head_select().where(
     resource.c.res_type == bindparam("rt"), resource.c.res_id == bindparam("rid"))
