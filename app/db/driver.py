@@ -39,7 +39,11 @@ class DriverStatement:
 
 def for_driver(stmt: Any, dialect: Dialect, names: Iterable[str]) -> DriverStatement | None:
     """``stmt`` compiled for running with :func:`driver_rows`, the caller giving ``names``; None
-    when it cannot be (not psycopg, or a parameter SQLAlchemy would process or expand)."""
+    when it cannot be (not psycopg, or a parameter SQLAlchemy would process or expand).
+
+    A name the statement does not use is fine: a template's values follow its clauses, and a
+    clause need not use them all (``date=lt2011`` binds the day's start and end, and only the
+    start bounds the match).  psycopg, like SQLAlchemy, sends only the statement's own."""
     if dialect.name != "postgresql" or dialect.driver != "psycopg":
         return None
     compiled = stmt.compile(dialect=dialect)
@@ -47,8 +51,6 @@ def for_driver(stmt: Any, dialect: Dialect, names: Iterable[str]) -> DriverState
         return None
     names = set(names)
     params = compiled.params
-    if not names <= params.keys():
-        return None
     return DriverStatement(str(compiled), {k: v for k, v in params.items() if k not in names})
 
 
