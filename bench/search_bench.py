@@ -110,7 +110,8 @@ def cpu_busy() -> tuple[int, int]:
 
 # ---- server -------------------------------------------------------------------------------------
 class Server:
-    def __init__(self, url: str, port: int, workers: int, worker_class: str, threads: int) -> None:
+    def __init__(self, url: str, port: int, workers: int, worker_class: str, threads: int,
+                 app: str = "wsgi:app", chdir: Path | None = None, extra_env: dict | None = None) -> None:
         self.base = f"http://127.0.0.1:{port}/fhir"
         env = dict(os.environ)
         env.update(
@@ -123,6 +124,7 @@ class Server:
             AUTH_REQUIRED="false",
             BULK_INPROCESS_WORKER="false",
         )
+        env.update(extra_env or {})
         cmd = [
             shutil.which("gunicorn") or "gunicorn",
             "-w", str(workers),
@@ -133,7 +135,9 @@ class Server:
         ]
         if worker_class == "gthread":
             cmd += ["--threads", str(threads)]
-        cmd.append("wsgi:app")
+        if chdir is not None:
+            cmd += ["--chdir", str(chdir)]
+        cmd.append(app)
         self.cmd = cmd
         self.log = tempfile.NamedTemporaryFile("w+", prefix="gunicorn-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
