@@ -55,11 +55,11 @@ def identity_conflict(system: str, value: str, holder: str | None, also: str | N
 
 def _keys(rows: list[tuple]) -> tuple[dict[tuple[str, str], int], list[tuple[str, str, int, int]]]:
     """(system, value) -> rid for the Patient identifier rows among buffered token rows (tuples in
-    sp_token column order: rid, res_type, param, system, code, grp), and the clashes between
+    sp_token column order: rid, res_type, param, system, code, ...), and the clashes between
     two Patients of these rows."""
     out: dict[tuple[str, str], int] = {}
     clashes: list[tuple[str, str, int, int]] = []
-    for rid, res_type, param, system, code, _grp in rows:
+    for rid, res_type, param, system, code, *_rest in rows:
         if res_type != "Patient" or param != "identifier" or system is None or code is None:
             continue
         other = out.setdefault((system, code), rid)

@@ -7,7 +7,9 @@ below the cost of validation.
 
 Conventions the search compiler relies on (see ``tests/unit/indexing`` for examples):
 
-- token ``(param, system, code, grp)``; a CodeableConcept gives one row per coding; an Identifier
+- token ``(param, system, code, date_low, date_high, grp)``; the resource's ``date`` envelope
+  (earliest ``low``, latest ``high`` of its ``date`` rows; None without) is on every token row,
+  for code + date searches (decision 0016); a CodeableConcept gives one row per coding; an Identifier
   ``(system, value)``; a ContactPoint and code/string/id primitives ``(None, value)``; booleans
   ``"true"``/``"false"``. ``:text`` rows (CodeableConcept.text, Coding.display) go to the *string*
   table as ``f"{code}:text"``; ``:of-type`` rows are tokens ``f"{code}:of-type"`` with
@@ -46,7 +48,7 @@ from app.indexing.ucum import UCUM_SYSTEM, canonical
 __all__ = ["extract", "COLUMNS", "KINDS", "parse_reference"]
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "token": ("param", "system", "code", "grp"),
+    "token": ("param", "system", "code", "date_low", "date_high", "grp"),
     "string": ("param", "value_norm", "value", "grp"),
     "date": ("param", "low", "high", "grp"),
     "quantity": ("param", "value", "system", "code", "unit", "canon_value", "canon_code", "grp"),
@@ -59,7 +61,7 @@ KINDS = tuple(COLUMNS)
 
 # Dict displays: several times faster than dict(zip(...)), and there are many rows.
 _ROW_BUILDERS: dict[str, Callable[[tuple], dict]] = {
-    "token": lambda r: {"param": r[0], "system": r[1], "code": r[2], "grp": r[3]},
+    "token": lambda r: {"param": r[0], "system": r[1], "code": r[2], "date_low": None, "date_high": None, "grp": r[3]},
     "string": lambda r: {"param": r[0], "value_norm": r[1], "value": r[2], "grp": r[3]},
     "date": lambda r: {"param": r[0], "low": r[1], "high": r[2], "grp": r[3]},
     "quantity": lambda r: {
@@ -444,4 +446,24 @@ def extract(
     for needs, step in _plan(registry, resource.get("resourceType", "")):
         if needs is None or not needs.isdisjoint(present):
             step(focus, acc, zone, memo)
-    return {kind: list(map(_ROW_BUILDERS[kind], rows)) for kind, rows in acc.items()}
+    out = {kind: list(map(_ROW_BUILDERS[kind], rows)) for kind, rows in acc.items()}
+    _add_date_envelope(out)
+    return out
+
+
+ENVELOPE_PARAM = "date"
+
+
+def _add_date_envelope(out: dict[str, list[dict]]) -> None:
+    """Give every token row the resource's ``date`` envelope: the earliest ``low`` and latest
+    ``high`` of its ``date`` rows (None without any).  Whatever row a date clause matches lies
+    inside it, so "the envelope reaches the range" is a necessary condition a code + date search
+    checks on the token index before probing sp_date (app.search.plan)."""
+    dates = [r for r in out["date"] if r["param"] == ENVELOPE_PARAM]
+    if not dates or not out["token"]:
+        return
+    low = min(r["low"] for r in dates)
+    high = max(r["high"] for r in dates)
+    for r in out["token"]:
+        r["date_low"] = low
+        r["date_high"] = high

@@ -36,8 +36,9 @@ from sqlalchemy import (
     union,
 )
 
+from app.indexing.extract import ENVELOPE_PARAM
 from app.search.compile import CONDITIONS
-from app.search.compile.date import range_condition
+from app.search.compile.date import envelope_condition, range_condition
 from app.search.expr import (
     And,
     Chain,
@@ -323,11 +324,37 @@ def _driver_rows(res_type: str, tree: Node, bound: tuple[str, int] | None,
     ctx = Ctx(res_type, resource, bound, aliases)
     sel, rcol = _row_select(drv, ctx)
     sel = _with_bound(sel, rcol, ctx)
+    if _table_and_param(drv)[0] is sp_token:
+        sel = sel.where(*_envelope_filters(rcol.table, tree))
     inner = Ctx(res_type, _RidColumns(rcol), bound, aliases)
     rest = [compile_node(c, inner) for c in children if c is not drv]
     if rest:
         sel = sel.where(*rest)
     return sel, rcol
+
+
+def _envelope_filters(t: Any, tree: Node) -> list[ColumnElement[bool]]:
+    """For each ``date`` clause ANDed into the search, what the token row's date envelope must
+    satisfy (app.search.compile.date.envelope_condition): checked inside the token index, so a
+    code + date range walks the code's index entries and probes ``sp_date`` only for those
+    whose resource has a date near the range (decision 0016).  The clauses themselves still
+    decide: these are only necessary conditions."""
+    out = []
+    for c in _conjuncts(tree):
+        if not (isinstance(c, Match) and c.param.type == "date" and c.param.code == ENVELOPE_PARAM
+                and not getattr(c.param, "column", None) and c.modifier is None and c.values):
+            continue
+        alts = [envelope_condition(t.c.date_low, t.c.date_high, v) for v in c.values]
+        if all(a is not None for a in alts):
+            out.append(or_(*alts))
+    return out
+
+
+def _conjuncts(node: Node) -> list[Node]:
+    """The clauses a tree ANDs together (nested Ands flattened)."""
+    if isinstance(node, And):
+        return [x for c in node.children for x in _conjuncts(c)]
+    return [node]
 
 
 def _driver(res_type: str, tree: Node, bound: tuple[str, int] | None, limit: int,

@@ -8,6 +8,10 @@
   for referential integrity (write and delete) and merges.
 - ``sp_*`` are the search index tables, one per search-parameter type. ``grp`` ties together the
   components of one composite value (so a systolic code never pairs with a diastolic value).
+- ``sp_token`` rows also carry their resource's *date envelope* (``date_low``/``date_high``: the
+  earliest start and latest end of its ``date`` parameter), in the token lookup indexes, so a
+  code + date range search skips the code's rows outside the range without probing ``sp_date``
+  (docs/decisions/0016-token-date-envelope.md).
 """
 
 from __future__ import annotations
@@ -109,7 +113,12 @@ sp_token = _sp(
     "sp_token",
     Column("system", String(255), nullable=True),
     Column("code", String(255), nullable=True),
-    indexes=(("res_type", "param", "code", "system", "rid"), ("res_type", "param", "system", "code", "rid")),
+    # The resource's ``date`` envelope (min low, max high of its ``date`` rows; NULL without):
+    # a necessary condition for a date clause, checked inside the token index (app.search.plan).
+    Column("date_low", DateTime(timezone=False), nullable=True),
+    Column("date_high", DateTime(timezone=False), nullable=True),
+    indexes=(("res_type", "param", "code", "system", "rid", "date_low", "date_high"),
+             ("res_type", "param", "system", "code", "rid", "date_low", "date_high")),
 )
 
 sp_string = _sp(

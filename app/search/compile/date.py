@@ -68,6 +68,26 @@ def range_condition(low: Any, high: Any, v: DateValue) -> ColumnElement[bool]:
     raise ValueError(p)
 
 
+def envelope_condition(low: Any, high: Any, v: DateValue) -> ColumnElement[bool] | None:
+    """What a resource's date *envelope* (the earliest ``low`` and latest ``high`` of all its rows)
+    must satisfy for some row to match ``v``: implied by :func:`range_condition` of that row,
+    since the row lies inside the envelope.  None where no such bound is worth having (``ne``
+    holds for rows anywhere; ``ap`` is not worth a second widening)."""
+    ql, qh = v.low, v.high
+    p = v.prefix
+    if p == "eq":
+        return and_(low <= qh, high >= ql)
+    if p in ("gt", "sa"):  # the row ends (sa: starts, so ends too) after the query ends
+        return high > qh
+    if p in ("lt", "eb"):  # the row starts (eb: ends, so starts too) before the query starts
+        return low < ql
+    if p == "ge":
+        return high >= ql
+    if p == "le":
+        return low <= qh
+    return None
+
+
 def condition(t: Any, v: DateValue, modifier: str | None = None) -> ColumnElement[bool]:
     """Row predicate on an sp_date row."""
     return range_condition(t.c.low, t.c.high, v)

@@ -20,8 +20,9 @@ def test_diff_only_changed_rows():
     new["status"] = "final"
     old_rows, new_rows = extract(reg, OBS), extract(reg, new)
     deleted, inserted = diff_rows(old_rows, new_rows)
-    assert deleted["token"] == [{"param": "status", "system": None, "code": "preliminary", "grp": None}]
-    assert inserted["token"] == [{"param": "status", "system": None, "code": "final", "grp": None}]
+    none = {"date_low": None, "date_high": None}
+    assert deleted["token"] == [{"param": "status", "system": None, "code": "preliminary", **none, "grp": None}]
+    assert inserted["token"] == [{"param": "status", "system": None, "code": "final", **none, "grp": None}]
     assert all(not deleted[k] and not inserted[k] for k in deleted if k != "token")
 
 
@@ -32,3 +33,16 @@ def test_diff_identical_and_from_empty():
     assert not any(deleted.values()) and not any(inserted.values())
     deleted, inserted = diff_rows({}, rows)
     assert inserted == rows and not any(deleted.values())
+
+
+def test_a_new_date_rewrites_the_token_rows_that_carry_it():
+    """Token rows carry the resource's date envelope, so a changed ``effective`` rewrites them
+    (and only them, besides the date row itself)."""
+    reg = load_registry(RESULTS_RESOURCE_TYPES)
+    old = {**copy.deepcopy(OBS), "effectiveDateTime": "2020-01-01"}
+    new = {**copy.deepcopy(OBS), "effectiveDateTime": "2021-06-01"}
+    deleted, inserted = diff_rows(extract(reg, old), extract(reg, new))
+    assert {r["param"] for r in inserted["token"]} == {r["param"] for r in extract(reg, new)["token"]}
+    assert {r["date_low"].year for r in inserted["token"]} == {2021}
+    assert [r["param"] for r in inserted["date"]] == ["date"]
+    assert all(not inserted[k] for k in inserted if k not in ("token", "date"))

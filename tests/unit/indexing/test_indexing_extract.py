@@ -33,8 +33,9 @@ def load(name: str) -> dict:
 
 
 def rows(out: dict, kind: str, param: str) -> list[tuple]:
-    """Rows of one param as tuples of the remaining columns, in emission order."""
-    cols = [c for c in COLUMNS[kind] if c != "param"]
+    """Rows of one param as tuples of the remaining columns (but the token rows' date envelope,
+    tested on its own), in emission order."""
+    cols = [c for c in COLUMNS[kind] if c not in ("param", "date_low", "date_high")]
     return [tuple(r[c] for c in cols) for r in out[kind] if r["param"] == param]
 
 
@@ -392,3 +393,33 @@ def test_long_values_fit_the_columns(reg):
                 length = getattr(table.c[col].type, "length", None)
                 if isinstance(val, str) and length:
                     assert len(val) <= length, (kind, col)
+
+
+# --------------------------------------------------------------------------- date envelope
+@pytest.mark.parametrize(("effective", "span"), [
+    ({"effectiveDateTime": "2020-03-04"}, ("2020-03-04", "2020-03-04")),
+    ({"effectivePeriod": {"start": "2019-01-01", "end": "2019-02-01"}}, ("2019-01-01", "2019-02-01")),
+    ({"effectiveTiming": {"event": ["2015-05-05", "2010-01-02"]}}, ("2010-01-02", "2015-05-05")),
+    ({}, None),
+])
+def test_token_rows_carry_the_date_envelope(reg, effective, span):
+    """Every token row of a resource holds the earliest start and latest end of its ``date``
+    rows (several for a Timing), or None when it has none."""
+    obs = {"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]}, **effective}
+    out = extract(reg, obs)
+    dates = [r for r in out["date"] if r["param"] == "date"]
+    envelopes = {(r["date_low"], r["date_high"]) for r in out["token"]}
+    if span is None:
+        assert not dates and envelopes == {(None, None)}
+        return
+    assert envelopes == {(min(r["low"] for r in dates), max(r["high"] for r in dates))}
+    low, high = envelopes.pop()
+    assert (low.date().isoformat() <= span[0] <= high.date().isoformat()
+            and low.date().isoformat() <= span[1] <= high.date().isoformat())
+
+
+def test_a_type_without_a_date_parameter_has_no_envelope(reg):
+    out = extract(reg, load("Patient-example.json") if (DATA / "Patient-example.json").exists()
+                  else {"resourceType": "Patient", "birthDate": "1970-01-01", "gender": "female"})
+    assert out["token"] and {(r["date_low"], r["date_high"]) for r in out["token"]} == {(None, None)}

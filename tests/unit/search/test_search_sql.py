@@ -208,6 +208,24 @@ def test_rid_order_page_is_cut_on_the_driving_index_table():
     assert params["param_1"] == 51
 
 
+def test_code_and_date_range_check_the_date_envelope_in_the_token_index():
+    """Decision 0016: the token driver's rows carry their resource's date envelope, so the
+    code's entries whose resource has no date near the range are skipped inside the token index;
+    the date clauses still decide for the rest."""
+    text, params = limited_sql("Observation", [("code", "http://loinc.org|2339-0"), ("date", "ge2010-01-01"),
+                                               ("date", "lt2011-01-01"), ("date", "ne2010-06-01,gt2010-05")])
+    assert ("AND sp_token_1.code = %(code_1)s "
+            "AND sp_token_1.date_high >= %(date_high_1)s AND sp_token_1.date_low < %(date_low_1)s "
+            "AND sp_token_1.rid IN (SELECT sp_date_1.rid FROM sp_date AS sp_date_1") in text
+    assert params["date_high_1"] == datetime(2010, 1, 1) and params["date_low_1"] == datetime(2011, 1, 1)
+    # "ne" bounds nothing, so its clause (an OR with gt) adds no envelope check
+    assert text.count("sp_token_1.date_") == 2
+    # only the ``date`` parameter has an envelope, and only a token row carries it
+    for other in ([("code", "x"), ("_lastUpdated", "ge2010")], [("subject", "Patient/1"), ("date", "ge2010")]):
+        assert "date_low" not in limited_sql("Observation", other)[0]
+        assert "date_high" not in limited_sql("Observation", other)[0]
+
+
 def test_previous_page_driver_runs_backwards():
     text, _ = limited_sql("Patient", [("gender", "male")], ("<", 9), 4)
     assert "AND sp_token_1.rid < %(rid_1)s ORDER BY sp_token_1.rid DESC LIMIT %(param_1)s)" in text
