@@ -17,7 +17,8 @@ Conventions the search compiler relies on (see ``tests/unit/indexing`` for examp
 - string ``(param, value_norm, value, grp)``; HumanName and Address give one row per part.
 - date ``(param, low, high, grp)``: naive UTC, both inclusive (see :mod:`app.indexing.dates`).
 - quantity ``(param, value, system, code, unit, canon_value, canon_code, grp)``.
-- reference ``(param, target_type, target_id, url, grp)``; Reference.identifier also gives token
+- reference ``(param, target_type, target_id, url, date_low, date_high, grp)`` (the envelope as
+  on token rows); Reference.identifier also gives token
   rows ``f"{code}:identifier"``.
 - composite parameter ``C`` with components ``c0..cn``: each composite value gets a group number
   (1, 2, ... within the resource and parameter) and its component rows are written to each
@@ -53,7 +54,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "date": ("param", "low", "high", "grp"),
     "quantity": ("param", "value", "system", "code", "unit", "canon_value", "canon_code", "grp"),
     "number": ("param", "value", "grp"),
-    "reference": ("param", "target_type", "target_id", "url", "grp"),
+    "reference": ("param", "target_type", "target_id", "url", "date_low", "date_high", "grp"),
     "uri": ("param", "value", "grp"),
 }
 KINDS = tuple(COLUMNS)
@@ -70,7 +71,8 @@ _ROW_BUILDERS: dict[str, Callable[[tuple], dict]] = {
     },
     "number": lambda r: {"param": r[0], "value": r[1], "grp": r[2]},
     "reference": lambda r: {
-        "param": r[0], "target_type": r[1], "target_id": r[2], "url": r[3], "grp": r[4],
+        "param": r[0], "target_type": r[1], "target_id": r[2], "url": r[3],
+        "date_low": None, "date_high": None, "grp": r[4],
     },
     "uri": lambda r: {"param": r[0], "value": r[1], "grp": r[2]},
 }
@@ -454,16 +456,21 @@ def extract(
 ENVELOPE_PARAM = "date"
 
 
+ENVELOPE_KINDS = ("token", "reference")
+
+
 def _add_date_envelope(out: dict[str, list[dict]]) -> None:
-    """Give every token row the resource's ``date`` envelope: the earliest ``low`` and latest
-    ``high`` of its ``date`` rows (None without any).  Whatever row a date clause matches lies
-    inside it, so "the envelope reaches the range" is a necessary condition a code + date search
-    checks on the token index before probing sp_date (app.search.plan)."""
+    """Give every token and reference row the resource's ``date`` envelope: the earliest ``low``
+    and latest ``high`` of its ``date`` rows (None without any).  Whatever row a date clause
+    matches lies inside it, so "the envelope reaches the range" is a necessary condition a code
+    or patient + date search checks on the driving index before probing sp_date; and it *is* the
+    ``date`` sort key (``min(low)`` ascending, ``max(high)`` descending) (app.search.plan)."""
     dates = [r for r in out["date"] if r["param"] == ENVELOPE_PARAM]
-    if not dates or not out["token"]:
+    if not dates:
         return
     low = min(r["low"] for r in dates)
     high = max(r["high"] for r in dates)
-    for r in out["token"]:
-        r["date_low"] = low
-        r["date_high"] = high
+    for kind in ENVELOPE_KINDS:
+        for r in out[kind]:
+            r["date_low"] = low
+            r["date_high"] = high

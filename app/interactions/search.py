@@ -43,6 +43,7 @@ from app.db.driver import DriverStatement, driver_rows, for_driver
 from app.db.engine import read_snapshot, single_read
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
+from app.indexing.extract import ENVELOPE_PARAM
 from app.interactions.context import FhirContext, Result
 from app.protect.labels import bundle_label
 from app.search import parse
@@ -331,22 +332,39 @@ def _cut(m, extra: list, keys: list[SortKey], count: int, cur: Cursor | None, re
     return top.order_by(*order_by(kcols, keys, m.c.rid, reverse)).limit(count + 1).subquery("p")
 
 
+def _envelope_key(ctx: FhirContext, t: str, key: SortKey) -> bool:
+    """Whether ``key`` is the ``date`` sort key whose value the driving index rows carry (their
+    resource's date envelope: ``max(high)`` descending, ``min(low)`` ascending, exactly what
+    sort_expression computes from sp_date; decision 0016)."""
+    if key.code != ENVELOPE_PARAM:
+        return False
+    p = ctx.registry.get(t, key.code)
+    return p is not None and p.type == "date" and not getattr(p, "column", None)
+
+
 def _index_sorted_page(ctx: FhirContext, t: str, tree, keys: list[SortKey], count: int,
                        cur: Cursor | None, reverse: bool) -> Select | None:
     """A page sorted by index-table keys, cut before any ``resource`` row is read; None when the
     tree needs the resource row (app.search.plan.match_rids).
 
-    The matches' rids come from the index tables, each gets its sort keys (index probes), the
-    keyset filter, sort and cut run on those narrow rows, and only the page's rows are joined to
+    The matches' rids come from the index tables, each gets its sort keys (index probes, or for
+    ``date`` the envelope the driving rows carry), the keyset filter, sort and cut run on those
+    narrow rows, and only the page's rows are joined to
     ``resource`` and their JSON.  A patient's timeline (~250 Observations, page of 20) reads 20
     resource rows instead of 250.
     """
     aliases = Aliases()
-    d = match_rids(t, tree, aliases)
-    if d is None:
+    on_envelope = [_envelope_key(ctx, t, k) for k in keys]
+    found = match_rids(t, tree, aliases, envelope=any(on_envelope))
+    if found is None:
         return None
+    d, has_envelope = found
     d = d.subquery("d")
-    exprs = [sort_expression(k, t, d, ctx.registry, aliases).label(f"k{i}") for i, k in enumerate(keys)]
+    exprs = [
+        ((d.c.date_high if k.desc else d.c.date_low) if has_envelope and env
+         else sort_expression(k, t, d, ctx.registry, aliases)).label(f"k{i}")
+        for i, (k, env) in enumerate(zip(keys, on_envelope, strict=True))
+    ]
     # OFFSET 0 fences the keys (correlated subqueries) so each is computed once per match.
     top = _cut(select(d.c.rid, *exprs).offset(0).subquery("mf"), [], keys, count, cur, reverse)
     pk = [top.c[f"k{i}"] for i in range(len(keys))]

@@ -53,7 +53,10 @@ from app.search.expr import (
     Or,
     TokenValue,
 )
-from app.storage.tables import INDEX_TABLES, resource, sp_string, sp_token
+from app.storage.tables import INDEX_TABLES, resource, sp_reference, sp_string, sp_token
+
+# The index tables whose rows carry their resource's ``date`` envelope (app.indexing.extract).
+ENVELOPE_TABLES = (sp_token, sp_reference)
 
 COMPOSITE_FIRST_INDEX = 0  # component i rows use param f"{code}${i}", i counted from this
 
@@ -324,7 +327,7 @@ def _driver_rows(res_type: str, tree: Node, bound: tuple[str, int] | None,
     ctx = Ctx(res_type, resource, bound, aliases)
     sel, rcol = _row_select(drv, ctx)
     sel = _with_bound(sel, rcol, ctx)
-    if _table_and_param(drv)[0] is sp_token:
+    if _table_and_param(drv)[0] in ENVELOPE_TABLES:
         sel = sel.where(*_envelope_filters(rcol.table, tree))
     inner = Ctx(res_type, _RidColumns(rcol), bound, aliases)
     rest = [compile_node(c, inner) for c in children if c is not drv]
@@ -334,11 +337,11 @@ def _driver_rows(res_type: str, tree: Node, bound: tuple[str, int] | None,
 
 
 def _envelope_filters(t: Any, tree: Node) -> list[ColumnElement[bool]]:
-    """For each ``date`` clause ANDed into the search, what the token row's date envelope must
-    satisfy (app.search.compile.date.envelope_condition): checked inside the token index, so a
-    code + date range walks the code's index entries and probes ``sp_date`` only for those
-    whose resource has a date near the range (decision 0016).  The clauses themselves still
-    decide: these are only necessary conditions."""
+    """For each ``date`` clause ANDed into the search, what the driving token or reference row's
+    date envelope must satisfy (app.search.compile.date.envelope_condition): checked inside its
+    index, so a code (or patient) + date range walks the code's index entries and probes
+    ``sp_date`` only for those whose resource has a date near the range (decision 0016).  The
+    clauses themselves still decide: these are only necessary conditions."""
     out = []
     for c in _conjuncts(tree):
         if not (isinstance(c, Match) and c.param.type == "date" and c.param.code == ENVELOPE_PARAM
@@ -380,11 +383,22 @@ def page_rids(res_type: str, tree: Node, bound: tuple[str, int] | None, limit: i
     return _driver(res_type, tree, bound, limit, aliases or Aliases())
 
 
-def match_rids(res_type: str, tree: Node, aliases: Aliases | None = None) -> Select | None:
+def match_rids(res_type: str, tree: Node, aliases: Aliases | None = None,
+               envelope: bool = False) -> tuple[Select, bool] | None:
     """Every match's rid, once, from the index tables alone (``_driver_rows``), or None: what a
-    sorted page is cut from before any ``resource`` row is read."""
+    sorted page is cut from before any ``resource`` row is read; and whether the rows carry the
+    resource's date envelope too (``date_low``, ``date_high``: asked with ``envelope`` and
+    given when the driving table has it), from which a ``date`` sort key is read instead of
+    probed (decision 0016).  A resource's rows all carry the same envelope, so it stays one
+    row per rid."""
     found = _driver_rows(res_type, tree, None, aliases or Aliases())
-    return None if found is None else found[0].distinct()
+    if found is None:
+        return None
+    sel, rcol = found
+    t = rcol.table
+    if envelope and getattr(t, "element", t) in ENVELOPE_TABLES:
+        return sel.add_columns(t.c.date_low, t.c.date_high).distinct(), True
+    return sel.distinct(), False
 
 
 def compile_tree(res_type: str, tree: Node, bound: tuple[str, int] | None = None,

@@ -8,10 +8,11 @@
   for referential integrity (write and delete) and merges.
 - ``sp_*`` are the search index tables, one per search-parameter type. ``grp`` ties together the
   components of one composite value (so a systolic code never pairs with a diastolic value).
-- ``sp_token`` rows also carry their resource's *date envelope* (``date_low``/``date_high``: the
-  earliest start and latest end of its ``date`` parameter), in the token lookup indexes, so a
-  code + date range search skips the code's rows outside the range without probing ``sp_date``
-  (docs/decisions/0016-token-date-envelope.md).
+- ``sp_token`` and ``sp_reference`` rows also carry their resource's *date envelope*
+  (``date_low``/``date_high``: the earliest start and latest end of its ``date`` parameter), in
+  their lookup indexes, so a code or patient + date range skips the rows outside the range
+  without probing ``sp_date``, and a patient's results sort by date on the reference index
+  (docs/decisions/0016-date-envelope.md).
 """
 
 from __future__ import annotations
@@ -160,7 +161,12 @@ sp_reference = _sp(
     Column("target_type", String(64), nullable=True),
     Column("target_id", String(64), nullable=True),
     Column("url", String(1024), nullable=True),  # absolute/external/canonical references
-    indexes=(("res_type", "param", "target_id", "target_type", "rid"), ("target_type", "target_id")),
+    # The resource's ``date`` envelope, as on sp_token: a patient's results sorted by date are
+    # sorted on this index, and a patient + date range skips the rows outside the range.
+    Column("date_low", DateTime(timezone=False), nullable=True),
+    Column("date_high", DateTime(timezone=False), nullable=True),
+    indexes=(("res_type", "param", "target_id", "target_type", "rid", "date_low", "date_high"),
+             ("target_type", "target_id")),
 )
 
 sp_uri = _sp(

@@ -33,7 +33,7 @@ def test_downgrade_then_upgrade_round_trips(database_url: str) -> None:
     assert _diff(database_url) == []
 
 
-def test_0008_fills_the_date_envelope_of_existing_token_rows(database_url: str) -> None:
+def test_0008_fills_the_date_envelope_of_existing_token_and_reference_rows(database_url: str) -> None:
     """Rows written before 0008 get the same envelope extract() gives new ones."""
     from datetime import datetime
 
@@ -49,6 +49,8 @@ def test_0008_fills_the_date_envelope_of_existing_token_rows(database_url: str) 
                                "VALUES (:r, :t, :i, 1, :n, false)"), {"r": rid, "t": rtype, "i": f"x{rid}", "n": now})
                 c.execute(text("INSERT INTO sp_token (rid, res_type, param, system, code) VALUES (:r, :t, 'code', 's', 'c')"),
                           {"r": rid, "t": rtype})
+                c.execute(text("INSERT INTO sp_reference (rid, res_type, param, target_type, target_id) "
+                               "VALUES (:r, :t, 'subject', 'Patient', 'p')"), {"r": rid, "t": rtype})
             for low, high in ((datetime(2010, 1, 2), datetime(2010, 1, 3)), (datetime(2015, 5, 5), datetime(2015, 5, 6))):
                 c.execute(text("INSERT INTO sp_date (rid, res_type, param, low, high) VALUES (1, 'Observation', 'date', :l, :h)"),
                           {"l": low, "h": high})
@@ -56,11 +58,12 @@ def test_0008_fills_the_date_envelope_of_existing_token_rows(database_url: str) 
                       {"l": datetime(2030, 1, 1)})  # not the envelope's parameter
         upgrade(database_url)
         with engine.connect() as c:
-            from app.storage.tables import sp_token
+            from app.storage.tables import sp_reference, sp_token
 
-            rows = c.execute(select(sp_token.c.rid, sp_token.c.date_low, sp_token.c.date_high))
-            got = {r[0]: (r[1], r[2]) for r in rows}
+            got = {r[0]: (r[1], r[2]) for r in c.execute(select(sp_token.c.rid, sp_token.c.date_low, sp_token.c.date_high))}
+            refs = {r[0]: (r[1], r[2]) for r in c.execute(
+                select(sp_reference.c.rid, sp_reference.c.date_low, sp_reference.c.date_high))}
     finally:
         engine.dispose()
-    assert got == {1: (datetime(2010, 1, 2), datetime(2015, 5, 6)), 2: (None, None)}
+    assert got == refs == {1: (datetime(2010, 1, 2), datetime(2015, 5, 6)), 2: (None, None)}
     assert _diff(database_url) == []

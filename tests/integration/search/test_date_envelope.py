@@ -80,3 +80,60 @@ def test_an_update_of_the_date_moves_the_envelope(client):
     assert client.put("/fhir/Observation/env-point", json=obs).status_code == 200
     assert _ids(client, ["ge2030"]) == {"env-point", "env-open-period"}
     assert "env-point" not in _ids(client, ["ge2010-01-01", "lt2011-01-01"])
+
+
+# ---- a patient's results sorted by date: the key is read from the reference rows' envelope ----
+def _pages(client, url: str) -> list[str]:
+    """Every id of a search, following its next links."""
+    ids: list[str] = []
+    while url:
+        r = client.get(url)
+        assert r.status_code == 200, r.data[:300]
+        ids += [e["resource"]["id"] for e in r.json.get("entry", []) if e["search"]["mode"] == "match"]
+        nxt = [ln["url"] for ln in r.json["link"] if ln["relation"] == "next"]
+        url = "/fhir" + nxt[0].split("/fhir", 1)[1] if nxt else ""
+    return ids
+
+
+@pytest.fixture
+def patient_results(app):
+    c = app.test_client()
+    for pid in ("env-p1", "env-p2"):
+        assert c.put(f"/fhir/Patient/{pid}", json={"resourceType": "Patient", "id": pid}).status_code in (200, 201)
+        for name, effective in OBSERVATIONS.items():
+            for k, code in enumerate((CODE, OTHER)):
+                oid = f"{pid}-{name}-{k}"
+                obs = {"resourceType": "Observation", "id": oid, "status": "final", "code": code,
+                       "subject": {"reference": f"Patient/{pid}"}, **effective}
+                assert c.put(f"/fhir/Observation/{oid}", json=obs).status_code in (200, 201)
+    return c
+
+
+SORTED = [
+    "/fhir/Observation?subject=Patient/env-p1&_sort=-date&_count=3",
+    "/fhir/Observation?subject=Patient/env-p1&_sort=date&_count=4",
+    "/fhir/Observation?subject=Patient/env-p1&code=urn:env|C&_sort=-date&_count=1",
+    "/fhir/Observation?subject=Patient/env-p1&_sort=-date,code&_count=5",
+    "/fhir/Observation?subject=Patient/env-p1&date=ge2010&_sort=-date&_count=2",
+    "/fhir/Observation?code=urn:env|D&_sort=date&_count=3",  # a token driver carries it too
+]
+
+
+def test_date_sort_keys_read_from_the_envelope_give_the_same_pages(app, patient_results, monkeypatch):
+    from app.interactions import search as interaction
+
+    templates = templates_for(app.extensions["results_repo"].registry)
+    templates.clear()
+    with_envelope = {u: _pages(patient_results, u) for u in SORTED}
+    built = [str(v[0]) for v in templates._stmts.values()]
+    assert any("d.date_high" in sql for sql in built) and any("d.date_low" in sql for sql in built)
+    monkeypatch.setattr(interaction, "_envelope_key", lambda *_a: False)
+    templates.clear()
+    without = {u: _pages(patient_results, u) for u in SORTED}
+    assert not any("d.date_high" in str(v[0]) for v in templates._stmts.values())
+    assert with_envelope == without
+    newest = with_envelope[SORTED[0]]
+    assert len(newest) == len(set(newest)) == 2 * len(OBSERVATIONS)
+    assert newest[:2] == ["env-p1-open-period-0", "env-p1-open-period-1"]  # open to the future
+    assert set(newest[-2:]) == {"env-p1-none-0", "env-p1-none-1"}  # no date: last either way
+    assert with_envelope[SORTED[2]][0] == "env-p1-open-period-0"

@@ -35,14 +35,15 @@ def test_diff_identical_and_from_empty():
     assert inserted == rows and not any(deleted.values())
 
 
-def test_a_new_date_rewrites_the_token_rows_that_carry_it():
-    """Token rows carry the resource's date envelope, so a changed ``effective`` rewrites them
-    (and only them, besides the date row itself)."""
+def test_a_new_date_rewrites_the_token_and_reference_rows_that_carry_it():
+    """Token and reference rows carry the resource's date envelope, so a changed ``effective``
+    rewrites them (and only them, besides the date row itself)."""
     reg = load_registry(RESULTS_RESOURCE_TYPES)
     old = {**copy.deepcopy(OBS), "effectiveDateTime": "2020-01-01"}
     new = {**copy.deepcopy(OBS), "effectiveDateTime": "2021-06-01"}
     deleted, inserted = diff_rows(extract(reg, old), extract(reg, new))
     assert {r["param"] for r in inserted["token"]} == {r["param"] for r in extract(reg, new)["token"]}
-    assert {r["date_low"].year for r in inserted["token"]} == {2021}
+    assert {r["date_low"].year for r in inserted["token"] + inserted["reference"]} == {2021}
+    assert {r["param"] for r in inserted["reference"]} == {r["param"] for r in extract(reg, new)["reference"]}
     assert [r["param"] for r in inserted["date"]] == ["date"]
-    assert all(not inserted[k] for k in inserted if k not in ("token", "date"))
+    assert all(not inserted[k] for k in inserted if k not in ("token", "reference", "date"))

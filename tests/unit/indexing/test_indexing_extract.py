@@ -402,14 +402,15 @@ def test_long_values_fit_the_columns(reg):
     ({"effectiveTiming": {"event": ["2015-05-05", "2010-01-02"]}}, ("2010-01-02", "2015-05-05")),
     ({}, None),
 ])
-def test_token_rows_carry_the_date_envelope(reg, effective, span):
-    """Every token row of a resource holds the earliest start and latest end of its ``date``
-    rows (several for a Timing), or None when it has none."""
-    obs = {"resourceType": "Observation", "status": "final",
+def test_token_and_reference_rows_carry_the_date_envelope(reg, effective, span):
+    """Every token and reference row of a resource holds the earliest start and latest end of
+    its ``date`` rows (several for a Timing), or None when it has none."""
+    obs = {"resourceType": "Observation", "status": "final", "subject": {"reference": "Patient/p"},
            "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]}, **effective}
     out = extract(reg, obs)
     dates = [r for r in out["date"] if r["param"] == "date"]
-    envelopes = {(r["date_low"], r["date_high"]) for r in out["token"]}
+    assert out["reference"]
+    envelopes = {(r["date_low"], r["date_high"]) for r in out["token"] + out["reference"]}
     if span is None:
         assert not dates and envelopes == {(None, None)}
         return
