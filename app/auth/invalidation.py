@@ -263,6 +263,8 @@ def _database_of(engine: Engine) -> URL:
 
 _listeners: dict[tuple[int, str], Listener] = {}
 _listeners_lock = threading.Lock()
+# id(engine) -> (engine, pid, its listener): the answer for an engine seen before, per process.
+_by_engine: dict[int, tuple[Engine, int, Listener]] = {}
 
 
 def listener_for(engine: Engine) -> Listener | None:
@@ -270,13 +272,18 @@ def listener_for(engine: Engine) -> Listener | None:
     gunicorn worker starts its own), or None where there is no channel (SQLite)."""
     if engine.dialect.name != "postgresql":
         return None
-    key = (os.getpid(), _database_of(engine).render_as_string(hide_password=False))
+    pid = os.getpid()
+    hit = _by_engine.get(id(engine))
+    if hit is not None and hit[0] is engine and hit[1] == pid:
+        return hit[2]  # (rendering the URL below costs more than the rest of a cache check)
+    key = (pid, _database_of(engine).render_as_string(hide_password=False))
     found = _listeners.get(key)
     if found is None:
         with _listeners_lock:
             found = _listeners.get(key)
             if found is None:
                 found = _listeners[key] = Listener(engine)
+    _by_engine[id(engine)] = (engine, pid, found)
     return found
 
 
