@@ -176,3 +176,28 @@ def test_a_date_range_search_runs_on_the_driver(database_url, app) -> None:
     assert sorted(e["resource"]["effectiveDateTime"] for e in r.json["entry"]) == ["2010-03-01", "2010-12-31"]
     built = list(templates_for(app.extensions["results_repo"].registry)._stmts.values())
     assert len(built) == 1 and isinstance(built[0][1].get("postgresql+psycopg"), DriverStatement)
+
+
+def test_summary_count_runs_as_a_template_on_the_driver(database_url, app, monkeypatch) -> None:
+    """``_summary=count`` of one clause: one count template for every code, run on the driver;
+    the counts are the SQLAlchemy path's."""
+    _pg(database_url)
+    client = app.test_client()
+    for code, n in (("a", 3), ("b", 1)):
+        for _ in range(n):
+            obs = {"resourceType": "Observation", "status": "final",
+                   "code": {"coding": [{"system": "urn:drv", "code": code}]}}
+            assert client.post("/fhir/Observation", json=obs).status_code == 201
+    templates = templates_for(app.extensions["results_repo"].registry)
+    templates.clear()
+    got = {c: client.get(f"/fhir/Observation?code=urn:drv|{c}&_summary=count").json["total"] for c in "abz"}
+    assert got == {"a": 3, "b": 1, "z": 0}
+    counts = [v for k, v in templates._stmts.items() if k[0] == "count"]
+    assert len(counts) == 1 and isinstance(counts[0][1].get("postgresql+psycopg"), DriverStatement)
+    from app.interactions import search
+
+    def not_here(*_a, **_k):
+        raise AssertionError("counted through SQLAlchemy")
+
+    monkeypatch.setattr(search, "_accurate", not_here)
+    assert client.get("/fhir/Observation?code=urn:drv|a&_summary=count").json["total"] == 3
