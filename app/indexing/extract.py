@@ -453,9 +453,8 @@ def extract(
     return out
 
 
+# The parameter whose envelope token and reference rows carry, and those kinds (decision 0016).
 ENVELOPE_PARAM = "date"
-
-
 ENVELOPE_KINDS = ("token", "reference")
 
 

@@ -349,9 +349,8 @@ def _index_sorted_page(ctx: FhirContext, t: str, tree, keys: list[SortKey], coun
 
     The matches' rids come from the index tables, each gets its sort keys (index probes, or for
     ``date`` the envelope the driving rows carry), the keyset filter, sort and cut run on those
-    narrow rows, and only the page's rows are joined to
-    ``resource`` and their JSON.  A patient's timeline (~250 Observations, page of 20) reads 20
-    resource rows instead of 250.
+    narrow rows, and only the page's rows are joined to ``resource`` and their JSON.  A
+    patient's timeline (~250 Observations, page of 20) reads 20 resource rows instead of 250.
     """
     aliases = Aliases()
     on_envelope = [_envelope_key(ctx, t, k) for k in keys]
