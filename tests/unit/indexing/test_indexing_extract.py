@@ -33,8 +33,8 @@ def load(name: str) -> dict:
 
 
 def rows(out: dict, kind: str, param: str) -> list[tuple]:
-    """Rows of one param as tuples of the remaining columns (but the token rows' date envelope,
-    tested on its own), in emission order."""
+    """Rows of one param as tuples of the remaining columns (but the date envelope of token and
+    reference rows, tested on its own), in emission order."""
     cols = [c for c in COLUMNS[kind] if c not in ("param", "date_low", "date_high")]
     return [tuple(r[c] for c in cols) for r in out[kind] if r["param"] == param]
 
@@ -421,6 +421,8 @@ def test_token_and_reference_rows_carry_the_date_envelope(reg, effective, span):
 
 
 def test_a_type_without_a_date_parameter_has_no_envelope(reg):
-    out = extract(reg, load("Patient-example.json") if (DATA / "Patient-example.json").exists()
-                  else {"resourceType": "Patient", "birthDate": "1970-01-01", "gender": "female"})
-    assert out["token"] and {(r["date_low"], r["date_high"]) for r in out["token"]} == {(None, None)}
+    """Patient has ``birthdate``, not ``date``: its rows carry no envelope."""
+    out = extract(reg, {"resourceType": "Patient", "birthDate": "1970-01-01", "gender": "female",
+                        "generalPractitioner": [{"reference": "Practitioner/x"}]})
+    assert out["date"] and out["token"] and out["reference"]
+    assert {(r["date_low"], r["date_high"]) for r in out["token"] + out["reference"]} == {(None, None)}
