@@ -54,6 +54,17 @@ def for_driver(stmt: Any, dialect: Dialect, names: Iterable[str]) -> DriverState
     return DriverStatement(str(compiled), {k: v for k, v in params.items() if k not in names})
 
 
+def driver_form(forms: dict[str, DriverStatement | None], stmt: Any, dialect: Dialect,
+                names: Iterable[str]) -> DriverStatement | None:
+    """``stmt``'s :func:`for_driver` form for ``dialect``, compiled once and kept in ``forms`` (a
+    template's own dict): the statement is the same for every database, its driver form is not
+    (apps on SQLite and PostgreSQL in one process share templates, as the tests' do)."""
+    name = f"{dialect.name}+{dialect.driver}"
+    if name not in forms:
+        forms[name] = for_driver(stmt, dialect, names)
+    return forms[name]
+
+
 def driver_rows(conn: Connection, st: DriverStatement, values: dict[str, Any], timeout_ms: int = 0) -> list:
     """All rows of ``st`` run on ``conn``'s psycopg connection, as named tuples (``row.rid``)."""
     import psycopg

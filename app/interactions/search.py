@@ -39,7 +39,7 @@ from sqlalchemy import Connection, Select, and_, func, select, union_all
 from sqlalchemy.exc import DBAPIError
 
 from app.db.deadline import QueryTimeout, statement_deadline
-from app.db.driver import DriverStatement, driver_rows, for_driver
+from app.db.driver import DriverStatement, driver_form, driver_rows
 from app.db.engine import read_snapshot, single_read
 from app.fhir.bundle import bundle_bytes, entry_bytes
 from app.fhir.errors import FhirError
@@ -252,14 +252,8 @@ def _page_statement(ctx: FhirContext, scope: _Scope, trees: dict, keys: list[Sor
         _, b_trees, b_bound, b_cur = _bind(Binder(build=True), scope.types, trees, bound, cur)
         built = (_build_page(ctx, scope, b_trees, keys, b_bound, count, b_cur, reverse), {})
         templates.put(key, built)
-    stmt, on_driver = built
-    # The statement is the same for every database; its driver form is per dialect (apps on
-    # SQLite and PostgreSQL in one process share a registry, as the tests' do).
-    dialect = (ctx.read_engine or ctx.engine).dialect
-    name = f"{dialect.name}+{dialect.driver}"
-    if name not in on_driver:
-        on_driver[name] = for_driver(stmt, dialect, rec.values)
-    return stmt, rec.values, on_driver[name]
+    stmt, forms = built
+    return stmt, rec.values, driver_form(forms, stmt, (ctx.read_engine or ctx.engine).dialect, rec.values)
 
 
 def _bind(b: Binder, types: list[str], trees: dict, bound: tuple[str, int] | None, cur: Cursor | None):
@@ -607,13 +601,8 @@ def _templated_count(ctx: FhirContext, conn: Connection, t: str, tree) -> int | 
         stmt = count_query(t, walk(tree, Binder(build=True))[1])
         built = (stmt, {})
         templates.put(key, built)
-    stmt, on_driver = built
-    if stmt is None:
-        return None
-    name = f"{conn.dialect.name}+{conn.dialect.driver}"
-    if name not in on_driver:
-        on_driver[name] = for_driver(stmt, conn.dialect, rec.values)
-    st = on_driver[name]
+    stmt, forms = built
+    st = None if stmt is None else driver_form(forms, stmt, conn.dialect, rec.values)
     if st is None:
         return None
     return int(driver_rows(conn, st, rec.values, ctx.search_timeout_ms)[0][0])
