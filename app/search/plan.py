@@ -327,13 +327,18 @@ def _driver_rows(res_type: str, tree: Node, bound: tuple[str, int] | None,
     ctx = Ctx(res_type, resource, bound, aliases)
     sel, rcol = _row_select(drv, ctx)
     sel = _with_bound(sel, rcol, ctx)
-    if _table_and_param(drv)[0] in ENVELOPE_TABLES:
+    if _has_envelope(rcol.table):
         sel = sel.where(*_envelope_filters(rcol.table, tree))
     inner = Ctx(res_type, _RidColumns(rcol), bound, aliases)
     rest = [compile_node(c, inner) for c in children if c is not drv]
     if rest:
         sel = sel.where(*rest)
     return sel, rcol
+
+
+def _has_envelope(t: Any) -> bool:
+    """Whether ``t`` (an index table's alias) has the ``date`` envelope columns."""
+    return getattr(t, "element", t) in ENVELOPE_TABLES
 
 
 def _envelope_filters(t: Any, tree: Node) -> list[ColumnElement[bool]]:
@@ -396,7 +401,7 @@ def match_rids(res_type: str, tree: Node, aliases: Aliases | None = None,
         return None
     sel, rcol = found
     t = rcol.table
-    if envelope and getattr(t, "element", t) in ENVELOPE_TABLES:
+    if envelope and _has_envelope(t):
         return sel.add_columns(t.c.date_low, t.c.date_high).distinct(), True
     return sel.distinct(), False
 
