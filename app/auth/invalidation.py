@@ -34,6 +34,7 @@ import select
 import socket
 import threading
 import time
+import weakref
 from datetime import datetime
 
 from sqlalchemy import URL, Connection, Engine, text
@@ -263,8 +264,9 @@ def _database_of(engine: Engine) -> URL:
 
 _listeners: dict[tuple[int, str], Listener] = {}
 _listeners_lock = threading.Lock()
-# id(engine) -> (engine, pid, its listener): the answer for an engine seen before, per process.
-_by_engine: dict[int, tuple[Engine, int, Listener]] = {}
+# engine -> (pid, its listener): the answer for an engine seen before, per process; an engine
+# that is gone drops out.
+_by_engine: weakref.WeakKeyDictionary[Engine, tuple[int, Listener]] = weakref.WeakKeyDictionary()
 
 
 def listener_for(engine: Engine) -> Listener | None:
@@ -273,9 +275,9 @@ def listener_for(engine: Engine) -> Listener | None:
     if engine.dialect.name != "postgresql":
         return None
     pid = os.getpid()
-    hit = _by_engine.get(id(engine))
-    if hit is not None and hit[0] is engine and hit[1] == pid:
-        return hit[2]  # (rendering the URL below costs more than the rest of a cache check)
+    hit = _by_engine.get(engine)
+    if hit is not None and hit[0] == pid:
+        return hit[1]  # (rendering the URL below costs more than the rest of a cache check)
     key = (pid, _database_of(engine).render_as_string(hide_password=False))
     found = _listeners.get(key)
     if found is None:
@@ -283,7 +285,7 @@ def listener_for(engine: Engine) -> Listener | None:
             found = _listeners.get(key)
             if found is None:
                 found = _listeners[key] = Listener(engine)
-    _by_engine[id(engine)] = (engine, pid, found)
+    _by_engine[engine] = (pid, found)
     return found
 
 
