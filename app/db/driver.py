@@ -3,9 +3,9 @@
 Why: a search statement that is a template (app.search.template) is compiled once and run
 thousands of times with other values.  Through SQLAlchemy each run still pays for an execution
 context, parameter processing, result metadata and row objects: about 0.1 ms of application CPU,
-a few per cent of a whole search request (docs/performance.md).  psycopg gives the same rows from
-the same SQL text, and shares its prepared statements with SQLAlchemy's executions on the
-connection (both key them on the SQL).
+a few per cent of a whole search request (docs/performance.md).  The same SQL text run on the
+libpq connection (app.db.wire: prepared once per connection, psycopg's adapters dumping the values
+and loading the rows) gives the same rows for a fraction of that.
 
 Only statements whose parameters need no SQLAlchemy processing qualify (:func:`for_driver`
 returns None otherwise), so the values reach the database exactly as SQLAlchemy would send them.
@@ -25,6 +25,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
+from app.db import wire
 from app.db.deadline import QueryTimeout
 
 
@@ -68,13 +69,10 @@ def driver_form(forms: dict[str, DriverStatement | None], stmt: Any, dialect: Di
 def driver_rows(conn: Connection, st: DriverStatement, values: dict[str, Any], timeout_ms: int = 0) -> list:
     """All rows of ``st`` run on ``conn``'s psycopg connection, as named tuples (``row.rid``)."""
     import psycopg
-    from psycopg.rows import namedtuple_row
 
     driver = conn.connection.driver_connection
     try:
-        with driver.cursor(row_factory=namedtuple_row) as cur:
-            cur.execute(st.sql, {**st.fixed, **values})
-            return cur.fetchall()
+        return wire.rows(driver, st.sql, {**st.fixed, **values})
     except psycopg.errors.QueryCanceled as e:
         raise QueryTimeout(timeout_ms) from e
     except psycopg.Error as e:
