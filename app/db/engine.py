@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, create_engine, event
 
+_IDLE = 0  # libpq's PQTRANS_IDLE (psycopg.pq.TransactionStatus.IDLE), without importing psycopg for SQLite
+
 
 def is_sqlite(engine_or_conn: Engine | Connection) -> bool:
     return engine_or_conn.dialect.name == "sqlite"
@@ -45,7 +47,26 @@ def make_engine(url: str, echo: bool = False) -> Engine:
     # Instead: connections are recycled after 30 min (before server/firewall idle timeouts), and a
     # connection found dead while executing makes SQLAlchemy invalidate the whole pool, so after a
     # database restart one request per worker sees the error (searches retry it once, being reads).
-    return create_engine(url, echo=echo, pool_pre_ping=False, pool_recycle=1800, pool_size=10, max_overflow=20)
+    engine = create_engine(url, echo=echo, pool_pre_ping=False, pool_recycle=1800, pool_size=10, max_overflow=20,
+                           pool_reset_on_return=None)
+    _roll_back_leftovers(engine)
+    return engine
+
+
+def _roll_back_leftovers(engine: Engine) -> None:
+    """PostgreSQL pools: instead of SQLAlchemy's reset on return (a ``rollback()`` through the
+    dialect and psycopg for every connection, every request, although nearly all come back idle:
+    SQLAlchemy Connections end their own transactions, the audit writer runs outside one), roll
+    back only a connection that comes back inside a transaction, as libpq reports it."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(dbapi_conn, record) -> None:  # noqa: ANN001
+        if dbapi_conn is None or dbapi_conn.closed or dbapi_conn.pgconn.transaction_status == _IDLE:
+            return
+        try:
+            dbapi_conn.rollback()
+        except Exception as e:  # noqa: BLE001 - whatever broke it, it must not be handed out again
+            record.invalidate(e)
 
 
 PLAN_CACHE_MODES = ("auto", "force_custom_plan", "force_generic_plan")
@@ -76,8 +97,9 @@ def make_read_engine(engine: Engine, statement_timeout_ms: int, plan_cache_mode:
     # no switching per checkout (single_read); several statements switch to a snapshot
     # (read_snapshot).
     read = create_engine(engine.url, echo=engine.echo, pool_pre_ping=False, pool_recycle=1800, pool_size=5,
-                         max_overflow=20, isolation_level="AUTOCOMMIT",
+                         max_overflow=20, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
                          execution_options={"statement_timeout_ms": ms, AUTOCOMMIT_DEFAULT: True})
+    _roll_back_leftovers(read)
 
     @event.listens_for(read, "connect")
     def _session(dbapi_conn, _record) -> None:  # noqa: ANN001 - after SQLAlchemy's own first-connect queries
