@@ -25,6 +25,7 @@ HTML_CSP = ("default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self
             "base-uri 'none'; frame-ancestors 'none'")
 NO_STORE_PREFIXES = ("/fhir", "/auth/")
 CACHEABLE_PATHS = ("/fhir/.well-known/", "/.well-known/", "/auth/jwks", "/auth/smart-style.json")
+_ALWAYS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"))
 
 
 def hsts_value(app: Flask) -> str | None:
@@ -37,21 +38,25 @@ def _behind_tls() -> bool:
 
 
 def add_security_headers(resp: Response) -> Response:
+    # One pass over the few headers the view set: werkzeug's ``in``/``setdefault`` raise and
+    # catch a KeyError for every header that is missing, which is most of them, every response.
     h = resp.headers
-    h.setdefault("X-Content-Type-Options", "nosniff")
-    h.setdefault("X-Frame-Options", "DENY")
-    h.setdefault("Referrer-Policy", "no-referrer")
-    if "Content-Security-Policy" not in h:
-        h["Content-Security-Policy"] = HTML_CSP if resp.mimetype == "text/html" else API_CSP
+    have = {k.lower() for k, _v in h.items()}
+    add = [kv for kv in _ALWAYS if kv[0].lower() not in have]
+    if "content-security-policy" not in have:
+        add.append(("Content-Security-Policy", HTML_CSP if resp.mimetype == "text/html" else API_CSP))
     path = request.path
-    if path.startswith(NO_STORE_PREFIXES):
-        if not (path.startswith(CACHEABLE_PATHS) and "Cache-Control" in h):
-            h["Cache-Control"] = "no-store"
-            h.setdefault("Pragma", "no-cache")
-    if _behind_tls():
+    if path.startswith(NO_STORE_PREFIXES) and not (path.startswith(CACHEABLE_PATHS) and "cache-control" in have):
+        if "cache-control" in have:
+            del h["Cache-Control"]
+        add.append(("Cache-Control", "no-store"))
+        if "pragma" not in have:
+            add.append(("Pragma", "no-cache"))
+    if "strict-transport-security" not in have and _behind_tls():
         value = hsts_value(current_app)
         if value:
-            h.setdefault("Strict-Transport-Security", value)
+            add.append(("Strict-Transport-Security", value))
+    h.extend(add)
     return resp
 
 

@@ -18,8 +18,9 @@ JSON_FORMATS = ("json", "application/json", "application/fhir+json", "applicatio
 
 
 def check_accept(request: Request) -> None:
-    fmt = request.args.get("_format")
-    if fmt is not None:
+    args = request.args
+    if "_format" in args:  # (``.get`` of a missing key raises and catches inside werkzeug)
+        fmt = args["_format"]
         if fmt.split(";")[0].strip() not in JSON_FORMATS:
             raise FhirError(406, "not-supported", f"_format={fmt[:40]} is not supported; this server speaks FHIR JSON only.")
         return
