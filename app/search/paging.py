@@ -8,8 +8,8 @@ lenient mode are not there), the caller it was issued to, the search path relati
 (``Observation``, ``Patient/123/*``, ``""`` for a system search) and, for ``next``/``previous``,
 the page position: the sort-key values and ``rid`` of the last (``next``) or first
 (``previous``) row of a page and the paging direction.  A ``self`` token has no position (first
-page) or is the one that fetched the page.  It is compressed (raw deflate, when that is
-shorter) and sealed with the server's secret (AES-GCM, app/fhir/sealed.py): unreadable, since
+page) or is the one that fetched the page.  It is compressed (raw deflate, from 512 bytes and
+when that is shorter) and sealed with the server's secret (AES-GCM, app/fhir/sealed.py): unreadable, since
 search values and sort keys are patient data, and authenticated, so a tampered token, one from
 another path or another caller is a 400.  No OFFSET anywhere: page 500 is the same index probe
 plus top-N as page 1, and rows inserted meanwhile never shift the pages already served.
@@ -41,6 +41,9 @@ _PURPOSE = "search-link-v4"
 MAX_LINK_CHARS = 8000
 _PLAIN, _DEFLATED = b"\x00", b"\x01"
 _MAX_STATE_BYTES = 1 << 20  # decompression cap (tokens are authenticated; this is belt and braces)
+# Smaller states are sealed as they are: deflate saves a few dozen characters of a short link
+# and its set-up (~17 us) was most of the cost of sealing one.
+_DEFLATE_FROM = 512
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ def seal_search(secret: str, caller: str, path: str, params: list[tuple[str, str
     if cur is not None:
         data.update(d=cur.direction, k=[_enc(v) for v in cur.values], r=int(cur.rid))
     raw = orjson.dumps(data)
+    if len(raw) < _DEFLATE_FROM:
+        return seal_bytes(secret, _PURPOSE, _PLAIN + raw)
     comp = zlib.compressobj(9, zlib.DEFLATED, -15)
     packed = comp.compress(raw) + comp.flush()
     plain = _DEFLATED + packed if len(packed) < len(raw) else _PLAIN + raw
