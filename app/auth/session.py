@@ -14,6 +14,7 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 class OnDemandCookieSessionInterface(SecureCookieSessionInterface):
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
-        if self.get_cookie_name(app) not in request.cookies:
+        # No Cookie header at all (API clients): not even a parse of the cookies
+        if "HTTP_COOKIE" not in request.environ or self.get_cookie_name(app) not in request.cookies:
             return self.session_class()
         return super().open_session(app, request)
