@@ -34,6 +34,13 @@ _PG_INSERT_ASYNC = (
 )
 
 
+def array_literal(items: list[str]) -> str:
+    """``items`` as a PostgreSQL array literal, every element quoted (so ``NULL`` is a string
+    and ``,{}"\\`` are data): psycopg's list dumper, in Python, was a fifth of the cost of a
+    read's audit statement."""
+    return "{" + ",".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in items) + "}"
+
+
 def store_in(conn: Connection, records: Iterable[AuditRecord], asynchronous: bool = False) -> None:
     """Write ``records`` on ``conn``, inside whatever transaction it is in.  ``asynchronous``
     (PostgreSQL, only for a transaction that holds nothing but audit rows): that transaction
@@ -44,7 +51,7 @@ def store_in(conn: Connection, records: Iterable[AuditRecord], asynchronous: boo
         row = rec.row()
         pids = sorted(p[:64] for p in rec.patients)
         if pg:
-            conn.exec_driver_sql(stmt, {**row, "pids": pids})
+            conn.exec_driver_sql(stmt, {**row, "pids": array_literal(pids)})
             continue
         eid = conn.execute(audit_event.insert().returning(audit_event.c.id), row).scalar_one()
         if pids:
@@ -84,7 +91,7 @@ def _store_one_pg(engine: Engine, rec: AuditRecord, asynchronous: bool) -> None:
         if driver.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             driver.rollback()  # the pool hands out idle connections; never commit someone's leftovers
         wire.execute(driver, _PG_INSERT_ASYNC if asynchronous else _PG_INSERT,
-                     {**rec.row(), "pids": sorted(p[:64] for p in rec.patients)})
+                     {**rec.row(), "pids": array_literal(sorted(p[:64] for p in rec.patients))})
     except psycopg.OperationalError:
         fairy.invalidate()  # a dead connection must not go back to the pool
         raise

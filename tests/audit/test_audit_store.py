@@ -64,6 +64,21 @@ def test_read_records_commit_on_their_own(engine, database_url, synchronous):
     assert _count(engine, rid + "b") == 2
 
 
+@pytest.mark.parametrize("together", [1, 2])
+def test_patient_ids_are_data_whatever_their_characters(engine, together):
+    """Ids a refused request named are written as they came (up to 64 characters), one record
+    alone (one statement) or two at once (a transaction)."""
+    odd = {'a"b', "c\\d", "e,f", "{g}", "NULL", "h i", "x" * 70}
+    rid = f"odd-{together}"
+    store(engine, [AuditRecord("rest", "search-type", "E", 4, rid, Who(client_id="c3"), status=400, patients=odd)
+                   for _ in range(together)])
+    with engine.connect() as c:
+        got = c.execute(select(audit_patient.c.patient_id)
+                        .join(audit_event, audit_event.c.id == audit_patient.c.event_id)
+                        .where(audit_event.c.request_id == rid)).scalars().all()
+    assert sorted(got) == sorted(sorted(p[:64] for p in odd) * together)
+
+
 def test_render_and_query(engine):
     import orjson
 
