@@ -91,7 +91,8 @@ def _store_one_pg(engine: Engine, rec: AuditRecord, asynchronous: bool) -> None:
         if driver.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             driver.rollback()  # the pool hands out idle connections; never commit someone's leftovers
         wire.execute(driver, _PG_INSERT_ASYNC if asynchronous else _PG_INSERT,
-                     {**rec.row(), "pids": array_literal(sorted(p[:64] for p in rec.patients))})
+                     {**rec.row(), "pids": array_literal(sorted(p[:64] for p in rec.patients))},
+                     own_transaction=True)
     except psycopg.OperationalError:
         fairy.invalidate()  # a dead connection must not go back to the pool
         raise

@@ -16,9 +16,13 @@ What this relies on:
 - statements are prepared under names of our own (``rr_<n>``, never psycopg's ``_pg3_<n>``),
   per parameter types (psycopg dumps an ``int`` as int2, int4, int8 or numeric by its value),
   at most ``MAX_PREPARED`` per connection, the least recently used deallocated;
-- the transaction is the caller's: the statement runs in whatever transaction the connection is
-  in (psycopg reads the status from libpq, so its bookkeeping stays right); outside one it
-  commits by itself.
+- the transaction is the caller's, as with psycopg's cursor: on a connection that is not in
+  autocommit and not yet in a transaction, the transaction psycopg would begin is begun first
+  (``BEGIN`` with the connection's isolation level, read-only and deferrable settings), so a
+  read that must see one snapshot (app.db.engine.read_snapshot) still does; psycopg reads the
+  status from libpq, so its own ``commit``/``rollback`` stay right.  ``execute(...,
+  own_transaction=True)`` instead runs the statement outside any transaction, committing by
+  itself (a read's audit record on a pooled connection).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ MAX_PREPARED = 200
 _PARAM = re.compile(r"%\(([^)]+)\)s|%%|%")
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 _IDLE = pq.TransactionStatus.IDLE
-_GONE = "26000"  # invalid_sql_statement_name: someone ran DEALLOCATE ALL or DISCARD ALL
+_GONE = "26000"  # invalid_sql_statement_name: the server forgot our prepared statements
 
 
 class _Prepared:
@@ -86,7 +90,7 @@ def _row_class(names: tuple[str, ...]) -> type:
 
 def rows(conn: psycopg.Connection, sql: str, params: Mapping[str, Any]) -> list:
     """All rows of ``sql`` (``%(name)s`` placeholders) with ``params``, as named tuples."""
-    res, tx = _run(conn, sql, params)
+    res, tx = _run(conn, sql, params, False)
     if res.status != pq.ExecStatus.TUPLES_OK:
         return []
     tx.set_pgresult(res)
@@ -95,12 +99,15 @@ def rows(conn: psycopg.Connection, sql: str, params: Mapping[str, Any]) -> list:
     return tx.load_rows(0, res.ntuples, _row_class(names)._make)
 
 
-def execute(conn: psycopg.Connection, sql: str, params: Mapping[str, Any]) -> None:
-    """Run ``sql`` for its effect (its rows, if any, are dropped)."""
-    _run(conn, sql, params)
+def execute(conn: psycopg.Connection, sql: str, params: Mapping[str, Any], own_transaction: bool = False) -> None:
+    """Run ``sql`` for its effect (its rows, if any, are dropped).  ``own_transaction``: outside
+    any transaction whatever the connection's autocommit setting (it must not be in one), so the
+    statement commits by itself."""
+    _run(conn, sql, params, own_transaction)
 
 
-def _run(conn: psycopg.Connection, sql: str, params: Mapping[str, Any]) -> tuple[pq.abc.PGresult, Transformer]:
+def _run(conn: psycopg.Connection, sql: str, params: Mapping[str, Any],
+         own_transaction: bool) -> tuple[pq.abc.PGresult, Transformer]:
     query, names = _converted(sql, _state(conn).encoding)
     tx = Transformer(conn)
     dumped = tx.dump_sequence([params[n] for n in names], [PyFormat.AUTO] * len(names))
@@ -108,18 +115,45 @@ def _run(conn: psycopg.Connection, sql: str, params: Mapping[str, Any]) -> tuple
     formats = tx.formats
     pg = conn.pgconn
     idle = pg.transaction_status == _IDLE
+    began = False
+    if own_transaction:
+        if not idle:
+            raise psycopg.ProgrammingError("a statement of its own on a connection inside a transaction")
+    elif idle and not conn.autocommit:
+        _begin(conn)
+        began = True
     res = pg.exec_prepared(_name(conn, sql, types, query), dumped, formats)
     if res.status in _OK:
         return res, tx
     err = _error(conn, res)
-    if getattr(err, "sqlstate", None) == _GONE:
-        _BY_CONNECTION.pop(conn, None)  # the server forgot them all; prepare again
-        if idle:  # nothing to roll back: run it once more
-            res = pg.exec_prepared(_name(conn, sql, types, query), dumped, formats)
-            if res.status in _OK:
-                return res, tx
-            err = _error(conn, res)
+    if getattr(err, "sqlstate", None) == _GONE and (idle or began):
+        # The server forgot every prepared statement: psycopg sends DEALLOCATE ALL when it rolls
+        # back a transaction while it holds prepared statements of its own (so would DISCARD
+        # ALL).  Nothing ran before this statement here (no transaction, or one begun just for
+        # it): prepare it again and run it once more.
+        _state(conn).names.clear()  # (the counter goes on: a name is never used twice)
+        if began:
+            pg.exec_(b"ROLLBACK")
+            _begin(conn)
+        res = pg.exec_prepared(_name(conn, sql, types, query), dumped, formats)
+        if res.status in _OK:
+            return res, tx
+        err = _error(conn, res)
     raise err
+
+
+def _begin(conn: psycopg.Connection) -> None:
+    """The ``BEGIN`` psycopg sends before its cursor's first statement outside autocommit."""
+    parts = [b"BEGIN"]
+    if conn.isolation_level is not None:
+        parts += [b"ISOLATION LEVEL", psycopg.IsolationLevel(conn.isolation_level).name.replace("_", " ").encode()]
+    if conn.read_only is not None:
+        parts.append(b"READ ONLY" if conn.read_only else b"READ WRITE")
+    if conn.deferrable is not None:
+        parts.append(b"DEFERRABLE" if conn.deferrable else b"NOT DEFERRABLE")
+    res = conn.pgconn.exec_(b" ".join(parts))
+    if res.status != pq.ExecStatus.COMMAND_OK:
+        raise _error(conn, res)
 
 
 def _name(conn: psycopg.Connection, sql: str, types: tuple[int, ...], query: bytes) -> bytes:

@@ -37,6 +37,24 @@ def test_a_commit_between_the_statements_of_a_snapshot_read_is_not_seen(engine) 
         assert _count(conn) == before + 1
 
 
+def test_statements_on_the_driver_share_the_snapshot_too(engine) -> None:
+    """Templated searches and includes run on the libpq connection (app.db.wire), not through
+    psycopg's cursor: the snapshot transaction must begin for them all the same."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the driver path is PostgreSQL's")
+    from app.db.driver import DriverStatement, driver_rows
+
+    count = DriverStatement("SELECT count(*) AS n FROM snap_t", {})
+    for e in (engine, make_read_engine(engine, 1000)):
+        with read_snapshot(e) as conn:
+            before = driver_rows(conn, count, {})[0].n
+            _commit_one_elsewhere(engine)
+            assert driver_rows(conn, count, {})[0].n == before
+            assert _count(conn) == before
+        with single_read(e) as conn:
+            assert driver_rows(conn, count, {})[0].n == before + 1
+
+
 def test_read_committed_would_have_seen_it(engine) -> None:
     """Why read_snapshot exists: PostgreSQL's default isolation takes a snapshot per statement."""
     if engine.dialect.name != "postgresql":

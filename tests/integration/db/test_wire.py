@@ -89,6 +89,33 @@ def test_the_callers_transaction_holds_the_statement(conn) -> None:
     assert [r.v for r in wire.rows(conn, "SELECT v FROM wire_t", {})] == ["kept"]
 
 
+def test_outside_autocommit_the_transaction_psycopg_would_begin_is_begun(conn) -> None:
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    assert wire.rows(conn, "SHOW transaction_isolation", {})[0].transaction_isolation == "repeatable read"
+    assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    assert wire.rows(conn, "SHOW transaction_read_only", {})[0].transaction_read_only == "on"
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        wire.execute(conn, "CREATE TEMP TABLE wire_ro (v text)", {})
+    conn.rollback()
+    assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_statement_of_its_own_commits_whatever_the_autocommit_setting(conn, database_url) -> None:
+    assert not conn.autocommit
+    wire.execute(conn, "CREATE TABLE IF NOT EXISTS wire_own (v text)", {}, own_transaction=True)
+    wire.execute(conn, "INSERT INTO wire_own VALUES (%(v)s)", {"v": "mine"}, own_transaction=True)
+    assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    url = database_url.replace("postgresql+psycopg://", "postgresql://").split("?")[0]
+    with psycopg.connect(url, autocommit=True) as other:
+        assert other.execute("SELECT v FROM wire_own").fetchall() == [("mine",)]
+        other.execute("DROP TABLE wire_own")
+    conn.execute("SELECT 1")  # now inside a transaction: a statement of its own is refused
+    with pytest.raises(psycopg.ProgrammingError):
+        wire.execute(conn, "SELECT 1", {}, own_transaction=True)
+    conn.rollback()
+
+
 @pytest.mark.parametrize(("sql", "params", "error"), [
     ("SELECT %(v)s::int AS v", {"v": "abc"}, psycopg.errors.InvalidTextRepresentation),
     ("SELECT * FROM no_such_table_here", {}, psycopg.errors.UndefinedTable),
@@ -108,17 +135,27 @@ def test_a_lone_percent_is_refused_not_sent(conn) -> None:
 
 
 def test_statements_the_server_forgot_are_prepared_again(conn) -> None:
+    sql = "SELECT %(v)s::text AS v"
     conn.autocommit = True
-    assert wire.rows(conn, "SELECT %(v)s::text AS v", {"v": "a"})[0].v == "a"
+    assert wire.rows(conn, sql, {"v": "a"})[0].v == "a"
     conn.execute("DEALLOCATE ALL")
-    assert wire.rows(conn, "SELECT %(v)s::text AS v", {"v": "b"})[0].v == "b"
-    # inside a transaction the failure aborts it: reported, and the next transaction works
+    assert wire.rows(conn, sql, {"v": "b"})[0].v == "b"  # no transaction: run again
+    # psycopg's rollback deallocates everything when it holds prepared statements of its own;
+    # the next transaction's first statement is ours: begun again and run
     conn.autocommit = False
+    for _ in range(6):  # psycopg prepares a statement it runs a fifth time
+        conn.execute("SELECT %s::int", (1,))
+    conn.rollback()
+    assert wire.rows(conn, sql, {"v": "c"})[0].v == "c"
+    assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    conn.rollback()
+    # inside a transaction with work of its own before: the failure aborts it and is reported
+    assert wire.rows(conn, sql, {"v": "d"})[0].v == "d"
     conn.execute("DEALLOCATE ALL")
     with pytest.raises(psycopg.errors.InvalidSqlStatementName):
-        wire.rows(conn, "SELECT %(v)s::text AS v", {"v": "c"})
+        wire.rows(conn, sql, {"v": "e"})
     conn.rollback()
-    assert wire.rows(conn, "SELECT %(v)s::text AS v", {"v": "d"})[0].v == "d"
+    assert wire.rows(conn, sql, {"v": "f"})[0].v == "f"
 
 
 def test_a_lost_connection_is_an_operational_error(conn, database_url) -> None:
