@@ -9,11 +9,12 @@ work the mix asks of PostgreSQL, HTTP and a WSGI server.  This script answers it
 
 1. *record*: the real app runs in this process (Flask test client) over every distinct URL of the
    benchmark mix (``search_bench.mix_urls``, page-two links included); every statement it sends
-   through psycopg (searches, includes, totals, ``SET``, the audit INSERT) is recorded with its
-   parameters, and so is the response body;
+   through psycopg or app.db.wire (searches, includes, totals, ``SET``, the audit INSERT) is
+   recorded with its parameters, and so is the response body;
 2. *replay*: gunicorn (same workers, worker class and backlog as ``search_bench.py``) serves a
    ten-line WSGI app that, for a recorded URL, runs the recorded statements on one psycopg
-   connection per worker (autocommit) and returns the recorded body;
+   connection per worker (autocommit; the wire's statements through the wire, the others through
+   a cursor) and returns the recorded body;
 3. wrk drives the same URL sequence, 16 clients, and the real server runs right after on the
    same sequence: ``--rounds`` alternations, so the machine's drift hits both alike.
 
@@ -53,6 +54,8 @@ from search_bench import (
     scenario_urls,
 )
 
+from app.db import wire
+
 _RECORDING_ENV = "FLOOR_RECORDING"
 
 
@@ -72,13 +75,19 @@ def record(database_url: str, seed: int) -> tuple[list[str], dict[str, tuple[lis
     paths = [p for _, p in mix_urls(urls, seed)]
     calls: list = []
     orig = psycopg.Cursor.execute
+    orig_wire = wire._run
 
     def spy(self, query, params=None, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-        calls.append((query if isinstance(query, str) else query.as_string(self), params))
+        calls.append(("cursor", query if isinstance(query, str) else query.as_string(self), params))
         return orig(self, query, params, *a, **k)
+
+    def spy_wire(conn, sql, params, *rest):  # noqa: ANN001, ANN002, ANN202
+        calls.append(("wire", sql, dict(params)))
+        return orig_wire(conn, sql, params, *rest)
 
     recorded: dict[str, tuple[list, bytes, str]] = {}
     psycopg.Cursor.execute = spy
+    wire._run = spy_wire
     try:
         for p in dict.fromkeys(paths):
             client.get(p)
@@ -89,6 +98,7 @@ def record(database_url: str, seed: int) -> tuple[list[str], dict[str, tuple[lis
             recorded[p] = (list(calls), r.data, r.content_type)
     finally:
         psycopg.Cursor.execute = orig
+        wire._run = orig_wire
     return paths, recorded
 
 
@@ -116,7 +126,10 @@ def floor_app(environ, start_response):  # noqa: ANN001, ANN201 - WSGI
         return [b"{}"]
     statements, body, ctype = _recorded[path]
     with _conn.cursor() as cur:
-        for sql, params in statements:
+        for how, sql, params in statements:
+            if how == "wire":  # as the app runs them (app.db.wire): prepared, one libpq call
+                wire.rows(_conn, sql, params)
+                continue
             cur.execute(sql, params)
             if cur.description is not None:
                 cur.fetchall()
