@@ -27,6 +27,18 @@ _KEYS = (b'"reference"', b'"fullUrl"')
 _PATIENT_LINE = re.compile(rb'\{"resourceType"\s*:\s*"Patient"\s*,\s*"id"\s*:\s*"' + _ID + rb'"')
 
 
+def _in_place(body: bytes, start: int) -> bool:
+    """Whether the candidate at ``start`` is a whole reference or fullUrl value."""
+    quote = body.rfind(b'"', max(0, start - 1024), start)  # where this string value opens
+    if quote < 0:
+        return False
+    prefix = body[quote + 1:start]
+    if prefix and not prefix.endswith(b"/"):
+        return False  # "SomethingPatient/x" or text
+    key = body[max(0, quote - 24):quote].rstrip()
+    return key.endswith(b":") and key[:-1].rstrip().endswith(_KEYS)
+
+
 class PatientScan:
     """The scan, fed block by block: ``feed`` whole NDJSON lines (``ndjson``) or one JSON document
     at a time; ``ids`` is the union over the blocks.  The export worker feeds it the lines of each
@@ -41,21 +53,24 @@ class PatientScan:
 
     def feed(self, body: bytes) -> None:
         found = self._found
-        rfind = body.rfind
-        for m in _CANDIDATE.finditer(body):
-            pid = m.group(1)
-            if pid in found:
-                continue  # one reference in a valid place is enough
-            start = m.start()
-            quote = rfind(b'"', max(0, start - 1024), start)  # where this string value opens
-            if quote < 0:
-                continue
-            prefix = body[quote + 1:start]
-            if prefix and not prefix.endswith(b"/"):
-                continue  # "SomethingPatient/x" or text
-            key = body[max(0, quote - 24):quote].rstrip()
-            if key.endswith(b":") and key[:-1].rstrip().endswith(_KEYS):
-                found.add(pid)
+        first = _CANDIDATE.search(body)
+        if first is not None:
+            pid = first.group(1)
+            # One patient's page (most searches): every "Patient/" in it is this patient's
+            # reference.  Counting (a C scan) tells so at a fraction of the cost of matching all
+            # of them; then this patient's candidates are checked only up to a valid one.
+            mentions = body.count(b"Patient/")
+            if mentions == body.count(b"Patient/" + pid + b'"') + body.count(b"Patient/" + pid + b"/_history/"):
+                if pid not in found:
+                    for m in _CANDIDATE.finditer(body, first.start()):
+                        if _in_place(body, m.start()):
+                            found.add(pid)
+                            break
+            else:
+                for m in _CANDIDATE.finditer(body, first.start()):
+                    pid = m.group(1)
+                    if pid not in found and _in_place(body, m.start()):  # one valid place is enough
+                        found.add(pid)
         if self.ndjson and b'"Patient"' in body:  # a substring search first: most blocks hold no Patient
             for m in _PATIENT_LINE.finditer(body):
                 start = m.start()

@@ -120,3 +120,25 @@ def test_patients_in_bodies():
     ndjson = b'{"resourceType":"Patient","id":"n1"}\n{"resourceType":"Observation","subject":{"reference":"Patient/n2"}}\n'
     assert patients_in(ndjson, ndjson=True) == {"n1", "n2"}
     assert patients_in(None) == set() and patients_in(b"{}") == set()
+
+
+def _ref(p: str) -> str:
+    return f'{{"reference":"{p}"}}'
+
+
+@pytest.mark.parametrize(("parts", "expected"), [
+    ([_ref("Patient/p1")] * 30, {"p1"}),  # one patient's page
+    (['{"text":"Patient/p1 said"}'] + [_ref("Patient/p1")] * 3, {"p1"}),  # first mention in text
+    (['{"text":"Patient/p1"}'], set()),  # only in text: a whole string, but not a reference
+    ([_ref("Patient/p1"), _ref("Patient/p1/_history/2"), _ref("Patient/p1")], {"p1"}),
+    ([_ref("Patient/p1")] * 5 + [_ref("Patient/p2")], {"p1", "p2"}),  # a second patient, last
+    ([_ref("Patient/abc"), _ref("Patient/abcd")], {"abc", "abcd"}),  # an id that extends another
+    ([_ref("Patient/abc"), _ref("Patient/abc.d")], {"abc", "abc.d"}),
+    ([_ref("OtherPatient/p1"), _ref("Patient/p2")], {"p2"}),
+    ([_ref("Patient/" + "x" * 65), _ref("Patient/p3")], {"p3"}),  # too long to be an id
+])
+def test_patients_in_one_or_several_patients_pages(parts, expected):
+    """A page of one patient is recognised by counting; anything else is matched one by one:
+    the same answer either way."""
+    body = ('{"entry":[' + ",".join(parts) + "]}").encode()
+    assert patients_in(body) == expected
