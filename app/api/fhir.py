@@ -32,8 +32,10 @@ bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 
 
 def ctx() -> FhirContext:
-    base = current_app.config.get("PUBLIC_BASE_URL") or (request.host_url.rstrip("/") + "/fhir")
-    return attach_audit(protect.apply(from_app(current_app, base)))
+    req = request._get_current_object()
+    app_ = current_app._get_current_object()
+    base = app_.config.get("PUBLIC_BASE_URL") or (req.host_url.rstrip("/") + "/fhir")
+    return attach_audit(protect.apply(from_app(app_, base)))
 
 
 # Bearer token -> Permission (401 without a valid token unless AUTH_REQUIRED is off); first,
@@ -43,9 +45,10 @@ bp.before_request(protect.check_bearer)
 
 @bp.before_request
 def _negotiate() -> None:
-    if request.endpoint == "fhir.bulk_file":  # NDJSON downloads (Accept: application/fhir+ndjson)
+    req = request._get_current_object()
+    if req.endpoint == "fhir.bulk_file":  # NDJSON downloads (Accept: application/fhir+ndjson)
         return
-    check_accept(request)
+    check_accept(req)
 
 
 # A JSON-escaped NUL (\u0000 preceded by an even number of backslashes). PostgreSQL text cannot

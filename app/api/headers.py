@@ -34,10 +34,13 @@ def hsts_value(app: Flask) -> str | None:
 
 
 def _behind_tls() -> bool:
-    return request.is_secure or str(current_app.config.get("PUBLIC_BASE_URL") or "").lower().startswith("https://")
+    req = request._get_current_object()
+    app_ = current_app._get_current_object()
+    return req.is_secure or str(app_.config.get("PUBLIC_BASE_URL") or "").lower().startswith("https://")
 
 
 def add_security_headers(resp: Response) -> Response:
+    req = request._get_current_object()
     # One pass over the few headers the view set: werkzeug's ``in``/``setdefault`` raise and
     # catch a KeyError for every header that is missing, which is most of them, every response.
     h = resp.headers
@@ -45,7 +48,7 @@ def add_security_headers(resp: Response) -> Response:
     add = [kv for kv in _ALWAYS if kv[0].lower() not in have]
     if "content-security-policy" not in have:
         add.append(("Content-Security-Policy", HTML_CSP if resp.mimetype == "text/html" else API_CSP))
-    path = request.path
+    path = req.path
     if path.startswith(NO_STORE_PREFIXES) and not (path.startswith(CACHEABLE_PATHS) and "cache-control" in have):
         if "cache-control" in have:
             del h["Cache-Control"]

@@ -31,6 +31,11 @@ from app.search.paging import open_search
 
 log = logging.getLogger("results_repo.audit")
 
+# The functions that run on every request bind the real request, ``g`` and app once
+# (``_get_current_object()``): every attribute read through a werkzeug LocalProxy first fails a
+# normal lookup, which makes CPython raise and format an AttributeError, before the proxy
+# forwards it (~50 such reads per search request before this).
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 _OPEN = ("fhir.metadata", "fhir.metadata_other")
 _SEARCH = {"fhir.type_search": "search-type", "fhir.type_search_post": "search-type",
@@ -52,39 +57,45 @@ _PATIENT_PARAMS = ("patient", "subject", "subject:Patient", "_id")
 
 
 def enabled() -> bool:
-    return bool(current_app.config.get("AUDIT_ENABLED", True))
+    app_ = current_app._get_current_object()
+    return bool(app_.config.get("AUDIT_ENABLED", True))
 
 
 # ---- per request ------------------------------------------------------------------------------
 def _begin() -> None:
-    rid = request.headers.get("X-Request-Id", "")
-    g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+    req = request._get_current_object()
+    gl = g._get_current_object()
+    rid = req.headers.get("X-Request-Id", "")
+    gl.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
     if enabled() and _audited():
-        g.audit = Recorder(g.request_id, _who)
+        gl.audit = Recorder(gl.request_id, _who)
 
 
 def _audited() -> bool:
-    path = request.path
-    if request.method == "OPTIONS":
+    req = request._get_current_object()
+    path = req.path
+    if req.method == "OPTIONS":
         return False
     if path == "/fhir" or path.startswith("/fhir/"):
-        return request.endpoint not in _OPEN and not path.startswith("/fhir/.well-known/")
-    return path == "/auth/token" or (path == "/auth/authorize" and request.method == "POST"
-                                     and request.form.get("step") == "login")
+        return req.endpoint not in _OPEN and not path.startswith("/fhir/.well-known/")
+    return path == "/auth/token" or (path == "/auth/authorize" and req.method == "POST"
+                                     and req.form.get("step") == "login")
 
 
 def _who() -> Who:
-    perm = g.get("fhir_permission")
-    purpose = "BTG" if g.get("break_glass") else g.get("purpose_of_use")
+    req = request._get_current_object()
+    gl = g._get_current_object()
+    perm = gl.get("fhir_permission")
+    purpose = "BTG" if gl.get("break_glass") else gl.get("purpose_of_use")
     if perm is None:
-        return Who(source_ip=request.remote_addr, purpose=purpose)
+        return Who(source_ip=req.remote_addr, purpose=purpose)
     return Who(
         client_id=perm.client_id,
         username=getattr(perm, "username", None),  # when the Permission carries it
         fhir_user=perm.fhir_user,
         token_id=perm.token_id,
         scope=" ".join(sc.raw for sc in perm.scopes) or None,
-        source_ip=request.remote_addr,
+        source_ip=req.remote_addr,
         purpose=purpose,
     )
 
@@ -100,15 +111,17 @@ def attach(ctx):  # noqa: ANN001, ANN201 - a FhirContext
 
 
 def _finish(resp: Response) -> Response:
-    resp.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
-    rec: Recorder | None = g.get("audit")
+    gl = g._get_current_object()
+    app_ = current_app._get_current_object()
+    resp.headers["X-Request-Id"] = gl.get("request_id") or uuid.uuid4().hex
+    rec: Recorder | None = gl.get("audit")
     if rec is None:
         return resp
-    g.audit = None
+    gl.audit = None
     try:
         records = _records(rec, resp)
-        store(current_app.extensions["results_repo"].engine, records,
-              synchronous=bool(current_app.config.get("AUDIT_SYNC_READS", False)))
+        store(app_.extensions["results_repo"].engine, records,
+              synchronous=bool(app_.config.get("AUDIT_SYNC_READS", False)))
     except Exception as exc:  # noqa: BLE001 - the response decides below
         log.error("audit record could not be written (%s, request %s)", type(exc).__name__, rec.request_id)
         if resp.status_code < 400:
@@ -126,12 +139,13 @@ def _unrecorded(request_id: str) -> Response:
 
 
 def _records(rec: Recorder, resp: Response) -> list[AuditRecord]:
+    req = request._get_current_object()
     status = resp.status_code
     out = list(rec.custom)
-    if request.path.startswith("/auth/"):
+    if req.path.startswith("/auth/"):
         out.append(_auth_record(rec, resp))
         return out
-    ep = request.endpoint or ""
+    ep = req.endpoint or ""
     if ep == "fhir.base_bundle":
         kind = rec.bundle_type or "batch"
         if status < 400 or kind == "batch":
@@ -155,9 +169,10 @@ def _event(rec: Recorder, subtype: str, status: int, *, type_: str = "rest", res
 
 
 def _query() -> str | None:
-    q = request.query_string.decode("utf-8", "replace")
-    if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
-        form = urlencode(list(request.form.items(multi=True)))
+    req = request._get_current_object()
+    q = req.query_string.decode("utf-8", "replace")
+    if req.method == "POST" and req.mimetype == "application/x-www-form-urlencoded":
+        form = urlencode(list(req.form.items(multi=True)))
         q = "&".join(p for p in (q, form) if p)
     return q or None
 
@@ -178,22 +193,24 @@ def _link_path(ep: str, args: dict) -> str | None:
 
 def _followed(rec: Recorder, ep: str, args: dict) -> Followed | None:
     """A search request that follows a paging link: the search the link carries (never the token)."""
-    params = list(request.args.items(multi=True))
-    if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
-        params += list(request.form.items(multi=True))
+    req = request._get_current_object()
+    params = list(req.args.items(multi=True))
+    if req.method == "POST" and req.mimetype == "application/x-www-form-urlencoded":
+        params += list(req.form.items(multi=True))
     return rec.followed(_link_path(ep, args), params)
 
 
 def _requested_patients(args: dict, params: list[tuple[str, str]] | None = None) -> set[str]:
     """Patients the request names (URL or search parameters; ``params``: the search a followed
     paging link carries): recorded even when it fails."""
+    req = request._get_current_object()
     out: set[str] = set()
     if args.get("res_type") == "Patient" and args.get("res_id"):
         out.add(args["res_id"])
     if args.get("comp_type") == "Patient" and args.get("comp_id"):
         out.add(args["comp_id"])
     res_type = args.get("res_type")
-    for k, v in request.args.items(multi=True) if params is None else params:
+    for k, v in req.args.items(multi=True) if params is None else params:
         if k in _PATIENT_PARAMS or k.startswith(("patient", "subject")):
             for part in v.split(","):
                 part = part.rsplit("/_history/", 1)[0]
@@ -215,8 +232,9 @@ def _error_text(resp: Response) -> str | None:
 
 
 def _request_record(rec: Recorder, ep: str, resp: Response) -> AuditRecord:
+    req = request._get_current_object()
     status = resp.status_code
-    args = dict(request.view_args or {})
+    args = dict(req.view_args or {})
     res_type = args.get("res_type")
     detail = {"description": _error_text(resp)} if status >= 400 else None
     patients = _requested_patients(args)
@@ -242,7 +260,7 @@ def _request_record(rec: Recorder, ep: str, resp: Response) -> AuditRecord:
             res_type, patients, body = "AuditEvent", set(), None  # reads of the trail: no patient fan-out
         elif ep == "fhir.system_search":
             res_type = (dict(followed.params).get("_type") if followed is not None
-                        else request.values.get("_type")) or None
+                        else req.values.get("_type")) or None
         if followed is not None:
             query = followed.query
         else:
@@ -256,7 +274,7 @@ def _request_record(rec: Recorder, ep: str, resp: Response) -> AuditRecord:
         return _event(rec, _IDENTITY_OPS[ep], status, res_type="Patient", entity=entity,
                       detail=detail, patients=patients | patients_in(body) | rec.named)
     # anything else under /fhir (an unknown URL, a method not allowed)
-    return _event(rec, "operation", status, query=request.full_path[:2000], detail=detail)
+    return _event(rec, "operation", status, query=req.full_path[:2000], detail=detail)
 
 
 def _export_record(rec: Recorder, ep: str, args: dict, status: int, detail: dict | None) -> AuditRecord:

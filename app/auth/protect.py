@@ -63,31 +63,35 @@ def bearer_token() -> str | None:
 
 def check_bearer() -> None:
     """``before_request`` of the FHIR blueprint."""
-    g.fhir_permission = None
-    if request.method == "OPTIONS" or request.endpoint in OPEN_ENDPOINTS or request.path.startswith(OPEN_PREFIXES):
+    req = request._get_current_object()
+    gl = g._get_current_object()
+    app_ = current_app._get_current_object()
+    gl.fhir_permission = None
+    if req.method == "OPTIONS" or req.endpoint in OPEN_ENDPOINTS or req.path.startswith(OPEN_PREFIXES):
         return
     raw = bearer_token()
     if raw is None:
-        if not current_app.config.get("AUTH_REQUIRED", True):
+        if not app_.config.get("AUTH_REQUIRED", True):
             return
         raise Unauthorized(_realm(), None, "This FHIR server needs an access token (Authorization: Bearer ...); "
                                            "see /fhir/.well-known/smart-configuration.")
     from app.auth.tokens import lookup_access_token
 
-    state = current_app.extensions["results_repo"]
-    grant = lookup_access_token(state.engine, raw, float(current_app.config.get("TOKEN_CACHE_SECONDS", 60.0)))
+    state = app_.extensions["results_repo"]
+    grant = lookup_access_token(state.engine, raw, float(app_.config.get("TOKEN_CACHE_SECONDS", 60.0)))
     if grant is None:
         raise Unauthorized(_realm(), "invalid_token", "The access token is unknown, expired or revoked.")
-    g.fhir_permission = Permission.from_grant(grant, state.registry)
+    gl.fhir_permission = Permission.from_grant(grant, state.registry)
     # Sensitive results: the labels this token may not see; X-Break-Glass (app/protect/enforce.py).
     from app.protect.enforce import apply_sensitivity
 
-    apply_sensitivity(g.fhir_permission, grant)
+    apply_sensitivity(gl.fhir_permission, grant)
 
 
 def apply(ctx):
     """Put the request's permission and caller identity on a FhirContext."""
-    perm = g.get("fhir_permission")
+    gl = g._get_current_object()
+    perm = gl.get("fhir_permission")
     if perm is not None:
         ctx.permission = perm
         # Paging cursors are bound to the token (and its client) that made them.

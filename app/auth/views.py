@@ -443,11 +443,12 @@ CLIENT_CORS = ("/auth/token", "/auth/introspect", "/auth/revoke")
 
 
 def _cors(resp: Response) -> Response:
-    path = request.path
-    origin = request.headers.get("Origin")
+    req = request._get_current_object()
+    path = req.path
+    origin = req.headers.get("Origin")
     if any(path == p or (p.endswith("/") and path.startswith(p)) for p in OPEN_CORS):
         resp.headers["Access-Control-Allow-Origin"] = "*"
-        if request.method == "OPTIONS":
+        if req.method == "OPTIONS":
             resp.headers["Access-Control-Allow-Methods"] = "GET, OPTIONS"
             resp.headers["Access-Control-Allow-Headers"] = "Accept, Authorization, Content-Type"
     elif path in CLIENT_CORS or path.startswith("/fhir/") or path == "/fhir":
@@ -455,7 +456,7 @@ def _cors(resp: Response) -> Response:
         resp.headers.add("Vary", "Origin")
         if origin and client_store.registered_origin(engine(), origin):
             resp.headers["Access-Control-Allow-Origin"] = origin
-            if request.method == "OPTIONS":
+            if req.method == "OPTIONS":
                 methods = "POST, OPTIONS" if path in CLIENT_CORS else "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
                 resp.headers["Access-Control-Allow-Methods"] = methods
                 resp.headers["Access-Control-Allow-Headers"] = FHIR_CORS_HEADERS
