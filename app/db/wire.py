@@ -38,7 +38,7 @@ import psycopg
 from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 
-MAX_PREPARED = 200
+MAX_PREPARED = 100  # as psycopg's own prepared_max: each holds a plan in the server session
 
 _PARAM = re.compile(r"%\(([^)]+)\)s|%%|%")
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
