@@ -45,6 +45,8 @@ class ResultsFlask(Flask):
         except KeyError:
             known[func] = synced = super().ensure_sync(func)
             return synced
+        except TypeError:  # an unhashable callable: checked every time, as Flask does
+            return super().ensure_sync(func)
 
 
 def create_app(config: dict | None = None) -> Flask:
