@@ -41,6 +41,10 @@ def array_literal(items: list[str]) -> str:
     return "{" + ",".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in items) + "}"
 
 
+def _patient_ids(rec: AuditRecord) -> list[str]:
+    return sorted(p[:64] for p in rec.patients)
+
+
 def store_in(conn: Connection, records: Iterable[AuditRecord], asynchronous: bool = False) -> None:
     """Write ``records`` on ``conn``, inside whatever transaction it is in.  ``asynchronous``
     (PostgreSQL, only for a transaction that holds nothing but audit rows): that transaction
@@ -49,7 +53,7 @@ def store_in(conn: Connection, records: Iterable[AuditRecord], asynchronous: boo
     stmt = _PG_INSERT_ASYNC if asynchronous else _PG_INSERT
     for rec in records:
         row = rec.row()
-        pids = sorted(p[:64] for p in rec.patients)
+        pids = _patient_ids(rec)
         if pg:
             conn.exec_driver_sql(stmt, {**row, "pids": array_literal(pids)})
             continue
@@ -88,11 +92,10 @@ def _store_one_pg(engine: Engine, rec: AuditRecord, asynchronous: bool) -> None:
     fairy = engine.raw_connection()
     try:
         driver = fairy.driver_connection
-        if driver.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            driver.rollback()  # the pool hands out idle connections; never commit someone's leftovers
+        # (the pool hands out connections outside any transaction: app.db.engine rolls back any
+        # that come back inside one)
         wire.execute(driver, _PG_INSERT_ASYNC if asynchronous else _PG_INSERT,
-                     {**rec.row(), "pids": array_literal(sorted(p[:64] for p in rec.patients))},
-                     own_transaction=True)
+                     {**rec.row(), "pids": array_literal(_patient_ids(rec))}, own_transaction=True)
     except psycopg.OperationalError:
         fairy.invalidate()  # a dead connection must not go back to the pool
         raise
