@@ -81,9 +81,9 @@ def record(database_url: str, seed: int) -> tuple[list[str], dict[str, tuple[lis
         calls.append(("cursor", query if isinstance(query, str) else query.as_string(self), params))
         return orig(self, query, params, *a, **k)
 
-    def spy_wire(conn, sql, params, *rest):  # noqa: ANN001, ANN002, ANN202
+    def spy_wire(conn, state, sql, params, *rest):  # noqa: ANN001, ANN002, ANN202
         calls.append(("wire", sql, dict(params)))
-        return orig_wire(conn, sql, params, *rest)
+        return orig_wire(conn, state, sql, params, *rest)
 
     recorded: dict[str, tuple[list, bytes, str]] = {}
     psycopg.Cursor.execute = spy

@@ -90,12 +90,12 @@ def _row_class(names: tuple[str, ...]) -> type:
 
 def rows(conn: psycopg.Connection, sql: str, params: Mapping[str, Any]) -> list:
     """All rows of ``sql`` (``%(name)s`` placeholders) with ``params``, as named tuples."""
-    res, tx = _run(conn, sql, params, False)
+    state = _state(conn)
+    res, tx = _run(conn, state, sql, params, False)
     if res.status != pq.ExecStatus.TUPLES_OK:
         return []
     tx.set_pgresult(res)
-    encoding = _state(conn).encoding
-    names = tuple(res.fname(i).decode(encoding) for i in range(res.nfields))
+    names = tuple(res.fname(i).decode(state.encoding) for i in range(res.nfields))
     return tx.load_rows(0, res.ntuples, _row_class(names)._make)
 
 
@@ -103,12 +103,12 @@ def execute(conn: psycopg.Connection, sql: str, params: Mapping[str, Any], own_t
     """Run ``sql`` for its effect (its rows, if any, are dropped).  ``own_transaction``: outside
     any transaction whatever the connection's autocommit setting (it must not be in one), so the
     statement commits by itself."""
-    _run(conn, sql, params, own_transaction)
+    _run(conn, _state(conn), sql, params, own_transaction)
 
 
-def _run(conn: psycopg.Connection, sql: str, params: Mapping[str, Any],
+def _run(conn: psycopg.Connection, state: _Prepared, sql: str, params: Mapping[str, Any],
          own_transaction: bool) -> tuple[pq.abc.PGresult, Transformer]:
-    query, names = _converted(sql, _state(conn).encoding)
+    query, names = _converted(sql, state.encoding)
     tx = Transformer(conn)
     dumped = tx.dump_sequence([params[n] for n in names], [PyFormat.AUTO] * len(names))
     types = tuple(tx.types or ())
@@ -122,7 +122,7 @@ def _run(conn: psycopg.Connection, sql: str, params: Mapping[str, Any],
     elif idle and not conn.autocommit:
         _begin(conn)
         began = True
-    res = pg.exec_prepared(_name(conn, sql, types, query), dumped, formats)
+    res = pg.exec_prepared(_name(conn, state, sql, types, query), dumped, formats)
     if res.status in _OK:
         return res, tx
     err = _error(conn, res)
@@ -131,11 +131,11 @@ def _run(conn: psycopg.Connection, sql: str, params: Mapping[str, Any],
         # back a transaction while it holds prepared statements of its own (so would DISCARD
         # ALL).  Nothing ran before this statement here (no transaction, or one begun just for
         # it): prepare it again and run it once more.
-        _state(conn).names.clear()  # (the counter goes on: a name is never used twice)
+        state.names.clear()  # (the counter goes on: a name is never used twice)
         if began:
             pg.exec_(b"ROLLBACK")
             _begin(conn)
-        res = pg.exec_prepared(_name(conn, sql, types, query), dumped, formats)
+        res = pg.exec_prepared(_name(conn, state, sql, types, query), dumped, formats)
         if res.status in _OK:
             return res, tx
         err = _error(conn, res)
@@ -156,10 +156,9 @@ def _begin(conn: psycopg.Connection) -> None:
         raise _error(conn, res)
 
 
-def _name(conn: psycopg.Connection, sql: str, types: tuple[int, ...], query: bytes) -> bytes:
+def _name(conn: psycopg.Connection, prepared: _Prepared, sql: str, types: tuple[int, ...], query: bytes) -> bytes:
     """The name ``sql`` is prepared under on ``conn`` for parameters of ``types``, preparing it
     (and deallocating the least recently used one beyond ``MAX_PREPARED``) when it is not."""
-    prepared = _state(conn)
     key = (sql, types)
     name = prepared.names.get(key)
     if name is not None:
@@ -179,7 +178,8 @@ def _name(conn: psycopg.Connection, sql: str, types: tuple[int, ...], query: byt
 
 
 def _error(conn: psycopg.Connection, res: pq.abc.PGresult) -> psycopg.Error:
+    encoding = _state(conn).encoding
     if conn.pgconn.status == pq.ConnStatus.BAD:
         return psycopg.OperationalError(f"the connection to the database was lost: "
-                                        f"{res.error_message.decode(conn.info.encoding, 'replace').strip()}")
-    return psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
+                                        f"{res.error_message.decode(encoding, 'replace').strip()}")
+    return psycopg.errors.error_from_result(res, encoding=encoding)
