@@ -38,12 +38,15 @@ class ResultsFlask(Flask):
     """Flask, with its per-call coroutine check (``inspect.iscoroutinefunction`` on every hook
     and view, every request: ~1 % of a search's CPU) done once per function."""
 
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - Flask's signature
+        super().__init__(*args, **kwargs)
+        self._sync_known: dict = {}
+
     def ensure_sync(self, func):  # noqa: ANN001, ANN201 - Flask's signature
-        known = self.__dict__.setdefault("_sync_known", {})
         try:
-            return known[func]
+            return self._sync_known[func]
         except KeyError:
-            known[func] = synced = super().ensure_sync(func)
+            self._sync_known[func] = synced = super().ensure_sync(func)
             return synced
         except TypeError:  # an unhashable callable: checked every time, as Flask does
             return super().ensure_sync(func)
