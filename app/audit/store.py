@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine
 from app.audit.events import AuditRecord
 from app.audit.tables import audit_event, audit_patient
 from app.db import wire
+from app.db.driver import echo
 from app.db.engine import unit_of_work
 
 _COLS = ("recorded", "type", "subtype", "action", "outcome", "status", "request_id", "client_id", "username",
@@ -94,8 +95,11 @@ def _store_one_pg(engine: Engine, rec: AuditRecord, asynchronous: bool) -> None:
         driver = fairy.driver_connection
         # (the pool hands out connections outside any transaction: app.db.engine rolls back any
         # that come back inside one)
-        wire.execute(driver, _PG_INSERT_ASYNC if asynchronous else _PG_INSERT,
-                     {**rec.row(), "pids": array_literal(_patient_ids(rec))}, own_transaction=True)
+        sql = _PG_INSERT_ASYNC if asynchronous else _PG_INSERT
+        params = {**rec.row(), "pids": array_literal(_patient_ids(rec))}
+        if engine._should_log_info():  # SQL_ECHO
+            echo(engine, sql, params)
+        wire.execute(driver, sql, params, own_transaction=True)
     except psycopg.OperationalError:
         fairy.invalidate()  # a dead connection must not go back to the pool
         raise

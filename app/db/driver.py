@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 
 from app.db import wire
@@ -71,8 +71,11 @@ def driver_rows(conn: Connection, st: DriverStatement, values: dict[str, Any], t
     import psycopg
 
     driver = conn.connection.driver_connection
+    params = {**st.fixed, **values}
+    if conn._echo:
+        echo(conn.engine, st.sql, params)
     try:
-        return wire.rows(driver, st.sql, {**st.fixed, **values})
+        return wire.rows(driver, st.sql, params)
     except psycopg.errors.QueryCanceled as e:
         raise QueryTimeout(timeout_ms) from e
     except psycopg.Error as e:
@@ -83,3 +86,15 @@ def driver_rows(conn: Connection, st: DriverStatement, values: dict[str, Any], t
         # No parameters in the error: they are patients' data.
         raise DBAPIError.instance(st.sql, None, e, psycopg.Error, hide_parameters=True,
                                   connection_invalidated=gone, dialect=conn.dialect) from e
+
+
+def echo(engine: Engine, sql: str, params: dict[str, Any]) -> None:
+    """Log a statement that bypasses SQLAlchemy as SQLAlchemy's echo logs its own.
+
+    Why: ``SQL_ECHO`` is the operators' switch for "every SQL statement"; the statements on the
+    wire (app.db.wire) would otherwise be the ones missing, and they are the searches.  Values
+    are logged as SQLAlchemy logs them, hidden when the engine hides parameters."""
+    shown = ("[SQL parameters hidden due to hide_parameters=True]" if engine.hide_parameters
+             else repr(params))
+    engine.logger.info("%s", sql)
+    engine.logger.info("[wire] %s", shown)

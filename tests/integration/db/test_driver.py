@@ -201,3 +201,33 @@ def test_summary_count_runs_as_a_template_on_the_driver(database_url, app, monke
 
     monkeypatch.setattr(search, "_accurate", not_here)
     assert client.get("/fhir/Observation?code=urn:drv|a&_summary=count").json["total"] == 3
+
+
+def test_sql_echo_shows_the_statements_on_the_wire(database_url, caplog) -> None:
+    """``SQL_ECHO`` (the operators' switch, README) logs every statement: the searches, includes
+    and the read's audit record that bypass SQLAlchemy too, with their values."""
+    _pg(database_url)
+    import logging
+
+    from conftest import NO_RATE_LIMITS
+
+    from app import create_app
+
+    app = create_app({"DATABASE_URL": database_url, "TESTING": True, "SECRET_KEY": "test-secret",
+                      "AUTH_REQUIRED": False, "SQL_ECHO": True, **NO_RATE_LIMITS})
+    try:
+        client = app.test_client()
+        pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "other"}).get_json()["id"]
+        caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
+        caplog.clear()
+        r = client.get(f"/fhir/Observation?subject=Patient/{pid}&_sort=-date")
+        assert r.status_code == 200
+        lines = [rec.getMessage() for rec in caplog.records if rec.name.startswith("sqlalchemy.engine")]
+        wired = [i for i, m in enumerate(lines) if m.startswith("[wire] ")]
+        assert wired, lines
+        # each wire line follows its statement; the search's values are in it
+        # the page, with this search's patient, and the read's audit record
+        assert any(pid in lines[i] for i in wired if lines[i - 1].startswith("SELECT") and "sp_reference" in lines[i - 1])
+        assert any("INSERT INTO audit_event" in lines[i - 1] for i in wired)
+    finally:
+        app.extensions["results_repo"].engine.dispose()
