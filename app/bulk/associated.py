@@ -51,12 +51,16 @@ def recorded_key(doc: dict) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
-def targets(doc: dict) -> list[tuple[str, str]]:
-    """The ``(type, id)`` of a Provenance's targets on this server, Provenance targets left out."""
+def targets(doc: dict, base_url: str | None = None) -> list[tuple[str, str]]:
+    """The ``(type, id)`` of a Provenance's targets on this server (relative, or absolute on
+    ``base_url``: another server's Patient/1 is not ours), Provenance targets left out."""
     out: list[tuple[str, str]] = []
+    prefix = base_url.rstrip("/") + "/" if base_url else None
     for t in doc.get("target") or []:
         ref = t.get("reference") if isinstance(t, dict) else None
         parsed = parse_reference(ref) if isinstance(ref, str) else None
+        if parsed and parsed[2] is not None and not (prefix and parsed[2].startswith(prefix)):
+            continue
         if parsed and parsed[0] and parsed[1] and parsed[0] != "Provenance" and (parsed[0], parsed[1]) not in out:
             out.append((parsed[0], parsed[1]))
     return out

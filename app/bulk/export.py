@@ -382,7 +382,7 @@ def run_export(engine, *, job_id: str, level: str, params: ExportParams, at: dat
             raise FhirError(500, "exception", "the list of exported resources kept for includeAssociatedData "
                                               "was lost while the export was interrupted; start the export again")
         tracker = associated.Tracker(outdir)
-    snap = SnapshotFilter(engine, registry, tz, job_id)
+    snap = SnapshotFilter(engine, registry, tz, job_id, base_url)
     try:
         cursor = _run_types(engine, pg, snap, tracker, job_id=job_id, level=level, params=params, at=at,
                             since=since, registry=registry, tz=tz, base_url=base_url, outdir=outdir,
@@ -533,7 +533,7 @@ def _run_provenance(engine, snap: SnapshotFilter, tracker: associated.Tracker, m
                     if tracker.exported([("Provenance", res_id)]):
                         continue  # already in the Provenance output
                     doc = orjson.loads(content)
-                    hit = tracker.exported(associated.targets(doc))
+                    hit = tracker.exported(associated.targets(doc, base_url))
                     if not hit:
                         continue
                     if mode == associated.RELEVANT:

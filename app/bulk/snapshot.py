@@ -79,8 +79,9 @@ class SnapshotFilter:
 
     TABLES = (resource, *INDEX_TABLES.values(), bulk_job_patient)
 
-    def __init__(self, engine: Any, registry: Any, tz: Any, job_id: str) -> None:
+    def __init__(self, engine: Any, registry: Any, tz: Any, job_id: str, base_url: str | None = None) -> None:
         self.main, self.registry, self.tz, self.job_id = engine, registry, tz, job_id
+        self.base_url = base_url  # as the index was written (app.indexing.extract: only our own base)
         self._db = None
 
     def _scratch(self):
@@ -109,7 +110,7 @@ class SnapshotFilter:
             content = row.content.encode() if isinstance(row.content, str) else row.content
             res_rows.append({"rid": row.rid, "res_type": t, "res_id": row.res_id, "version": row.version,
                              "last_updated": row.last_updated, "deleted": False})
-            for kind, items in extract(self.registry, orjson.loads(content), tz=self.tz).items():
+            for kind, items in extract(self.registry, orjson.loads(content), tz=self.tz, base_url=self.base_url).items():
                 index[kind].extend({**item, "rid": row.rid, "res_type": t} for item in items)
         with db.begin() as conn:
             conn.execute(insert(resource), res_rows)

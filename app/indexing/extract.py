@@ -253,8 +253,8 @@ def parse_reference(ref: str) -> tuple[str | None, str | None, str | None] | Non
     """``(target_type, target_id, url)`` of a Reference.reference; ``None`` for contained ``#x``.
 
     Relative ``Type/id[/_history/n]`` gives type and id; an absolute ``http(s)`` URL keeps the whole
-    URL *and* the type/id of its tail (the search layer decides whether it is on our base);
-    ``urn:uuid:``/``urn:oid:`` and anything else unparseable give the URL only.
+    URL *and* the type/id of its tail (:func:`extract` keeps the type/id only when the URL is on
+    our own base); ``urn:uuid:``/``urn:oid:`` and anything else unparseable give the URL only.
     """
     if not ref or ref.startswith("#"):
         return None
@@ -427,12 +427,13 @@ def _choice_base(key: str) -> str:
 
 
 def extract(
-    registry: Registry, resource: dict, tz: ZoneInfo | None = None
+    registry: Registry, resource: dict, tz: ZoneInfo | None = None, base_url: str | None = None
 ) -> dict[str, list[dict]]:
     """Index rows for one resource: ``{kind: [row, ...]}`` for every kind in :data:`KINDS`.
 
-    ``tz`` is the zone for zone-less dates (default Europe/London). Identical rows are emitted
-    once. A resource type the registry does not know yields no rows.
+    ``tz`` is the zone for zone-less dates (default Europe/London). ``base_url`` is our own FHIR
+    base: an absolute reference names one of our resources only under it (:func:`_only_ours`).
+    Identical rows are emitted once. A resource type the registry does not know yields no rows.
     """
     zone = tz or DEFAULT_TZ
     acc: Acc = {k: {} for k in KINDS}
@@ -449,8 +450,24 @@ def extract(
         if needs is None or not needs.isdisjoint(present):
             step(focus, acc, zone, memo)
     out = {kind: list(map(_ROW_BUILDERS[kind], rows)) for kind, rows in acc.items()}
+    if out["reference"]:
+        _only_ours(out["reference"], base_url)
     _add_date_envelope(out)
     return out
+
+
+def _only_ours(rows: list[dict], base_url: str | None) -> None:
+    """Absolute references to another server keep their URL and lose the type/id of its tail.
+
+    Why: ``https://other.example/fhir/Patient/1`` is that server's patient 1, not ours.  Matched
+    on its tail it would join our Patient/1's compartment, chains, includes and ``_has``, and
+    reach a token scoped to our patient 1: another person's results.  Such rows match only a
+    search for the same URL.  Without ``base_url`` every absolute URL is someone else's."""
+    prefix = base_url.rstrip("/") + "/" if base_url else None
+    for row in rows:
+        url = row["url"]
+        if url is not None and row["target_id"] is not None and not (prefix and url.startswith(prefix)):
+            row["target_type"] = row["target_id"] = None
 
 
 # The parameter whose envelope token and reference rows carry, and those kinds (decision 0016).

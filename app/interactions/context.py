@@ -59,7 +59,7 @@ class FhirContext:
     def index_fn(self):
         from app.indexing.extract import extract
 
-        return partial(extract, self.registry, tz=self.tz)
+        return partial(extract, self.registry, tz=self.tz, base_url=self.base_url)
 
     def repo(self, conn: Connection) -> Repository:
         return Repository(conn, self.index_fn(), self.enabled_types, self.base_url)

@@ -111,7 +111,8 @@ DATA = [
         uri("_profile", "http://x.org/fhir/StructureDefinitionX"),
     ]),
     ("Observation", "o4", datetime(2024, 1, 1), False, [
-        ref("subject", "Patient", "p1", url="http://other.org/fhir/Patient/p1"),
+        # another server's Patient/p1: indexed by URL only (app.indexing.extract._only_ours)
+        ref("subject", url="http://other.org/fhir/Patient/p1"),
         tok("code", None, "xyz"), q("value-quantity", 5.0, UCUM, "g", unit="gram", canon=(5.0, "g")),
     ]),
     ("Observation", "o5", datetime(2024, 1, 1), False, [
@@ -254,24 +255,24 @@ CASES = [
     (OBS, [("value-quantity", "120|http://other|mm[Hg]")], set()),
     (OBS, [("value-quantity", "gt100")], {"o1", "o3"}),
     # reference
-    (OBS, [("subject", "Patient/p1")], {"o1", "o4"}),
-    (OBS, [("subject", "p1")], {"o1", "o4"}),
-    (OBS, [("subject", f"{BASE}/Patient/p1")], {"o1", "o4"}),
+    (OBS, [("subject", "Patient/p1")], {"o1"}),
+    (OBS, [("subject", "p1")], {"o1"}),
+    (OBS, [("subject", f"{BASE}/Patient/p1")], {"o1"}),
     (OBS, [("subject", "http://other.org/fhir/Patient/p1")], {"o4"}),
     (OBS, [("subject", "urn:uuid:abc")], {"o5"}),
     (OBS, [("subject:Group", "g1")], {"o3"}),
     (OBS, [("subject:Patient", "g1")], set()),
-    (OBS, [("subject", "Patient/p1,Group/g1")], {"o1", "o3", "o4"}),
+    (OBS, [("subject", "Patient/p1,Group/g1")], {"o1", "o3"}),
     (OBS, [("patient:missing", "true")], {"o2", "o3", "o4", "o5", "o7"}),
     (OBS, [("patient:missing", "false")], {"o1"}),
     (OBS, [("subject:identifier", f"{NHS}|9434765919")], {"o5"}),
     # chains
-    (OBS, [("subject:Patient.name", "zoe")], {"o1", "o4"}),
-    (OBS, [("subject:Patient.name", "smith")], {"o1", "o4"}),  # o7's target p4 is deleted
+    (OBS, [("subject:Patient.name", "zoe")], {"o1"}),
+    (OBS, [("subject:Patient.name", "smith")], {"o1"}),  # o7's target p4 is deleted
     (OBS, [("subject.identifier", f"{NHS}|1111111111")], {"o2"}),
     (OBS, [("patient.general-practitioner.name", "leeds")], {"o1"}),
     (OBS, [("patient.general-practitioner:Practitioner.name", "leeds")], set()),
-    (OBS, [("subject:Patient.gender:not", "male")], {"o1", "o4"}),
+    (OBS, [("subject:Patient.gender:not", "male")], {"o1"}),
     ("DiagnosticReport", [("result.code", f"{LOINC}|8480-6")], {"dr1"}),
     ("DiagnosticReport", [("result.subject:Patient.name", "sean")], {"dr2"}),
     # reverse chains
@@ -279,9 +280,9 @@ CASES = [
     (P, [("_has:Observation:patient:status", "final")], {"p1"}),
     (P, [("_has:Observation:subject:status", "amended,final")], {"p1", "p2"}),
     (P, [("_has:Observation:subject:_has:DiagnosticReport:result:code", "dr-x")], {"p1"}),
-    (P, [("_has:Observation:subject:status:not", "final")], {"p1", "p2"}),
+    (P, [("_has:Observation:subject:status:not", "final")], {"p2"}),  # p1: o1 is final (o4 is not about p1)
     (P, [("_has:Observation:subject:code:missing", "true")], set()),
-    (P, [("_has:Observation:subject:patient:missing", "true")], {"p1", "p2"}),
+    (P, [("_has:Observation:subject:patient:missing", "true")], {"p2"}),
     # uri
     (OBS, [("_profile", "http://x.org/fhir/StructureDefinition/bp")], {"o1"}),
     (OBS, [("_profile:below", "http://x.org/fhir/StructureDefinition/bp")], {"o1", "o2"}),
@@ -315,7 +316,7 @@ def test_hostile_value_left_tables_alone(db):
 
 def test_compartment_rewrite(db):
     for res_type, params, expected in [
-        (OBS, [], {"o1", "o4"}),
+        (OBS, [], {"o1"}),  # not o4: it is about another server's Patient/p1
         (OBS, [("code", f"{LOINC}|8480-6")], {"o1"}),
         (P, [], {"p1"}),
         ("Organization", [], set()),

@@ -191,12 +191,20 @@ REFS = {
 }
 
 
-def test_references(reg):
-    out = extract(reg, REFS)
+@pytest.mark.parametrize(("base_url", "ours"), [
+    (None, False),                              # no base known: every absolute URL is another server's
+    ("https://results.example/fhir", False),    # another server's Organization/o1 is not our o1
+    ("https://other.example/fh", False),        # a base is a whole path segment, not a string prefix
+    ("https://other.example/fhir", True),       # absolute on our own base: ours
+    ("https://other.example/fhir/", True),
+])
+def test_references(reg, base_url, ours):
+    out = extract(reg, REFS, base_url=base_url)
+    tail = ("Organization", "o1") if ours else (None, None)
     assert rows(out, "reference", "performer") == [
         ("Practitioner", "p1", None, None),
-        ("Organization", "o1", "https://other.example/fhir/Organization/o1", None),
-        ("Organization", "o1", "https://other.example/fhir/Organization/o1/_history/2", None),
+        (*tail, "https://other.example/fhir/Organization/o1", None),
+        (*tail, "https://other.example/fhir/Organization/o1/_history/2", None),
         (None, None, "urn:uuid:0b9c1d4e-4f36-4f7a-a1f3-5b1f3c2e7d10", None),
         (None, None, "urn:oid:1.2.3", None),
         ("PractitionerRole", "pr1", None, None),
