@@ -3,6 +3,11 @@
 ``5.4`` matches [5.35, 5.45); ``100`` matches [99.5, 100.5).  gt/lt/ge/le compare with the exact
 value; sa/eb behave as gt/lt (a stored number is a point); ``ap`` is +-10% of the value (or the
 precision range for 0).
+
+Stored values are doubles.  A query value written with as many digits as a double holds
+(``85.24786084320948``, as Synthea writes them) has a precision range narrower than the gap
+between two doubles, and its upper end can round to the very double the value itself rounds to:
+then the range's end is inclusive, so a value always matches itself (:func:`_range`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ def value_condition(col: Any, v: NumberValue, scale: Any = None) -> ColumnElemen
     f = scale or (lambda d: float(d))
     p = v.prefix
     if p == "eq":
-        return and_(col >= f(v.low), col < f(v.high))
+        low, high, closed = _range(v, f)
+        return and_(col >= low, col <= high if closed else col < high)
     if p == "ne":
-        return or_(col < f(v.low), col >= f(v.high))
+        low, high, closed = _range(v, f)
+        return or_(col < low, col > high if closed else col >= high)
     if p in ("gt", "sa"):
         return col > f(v.value)
     if p in ("lt", "eb"):
@@ -33,10 +40,19 @@ def value_condition(col: Any, v: NumberValue, scale: Any = None) -> ColumnElemen
         return col <= f(v.value)
     if p == "ap":
         if v.value == 0:
-            return and_(col >= f(v.low), col < f(v.high))
+            low, high, closed = _range(v, f)
+            return and_(col >= low, col <= high if closed else col < high)
         d = abs(v.value) * Decimal("0.1")
         return and_(col >= f(v.value - d), col <= f(v.value + d))
     raise ValueError(p)
+
+
+def _range(v: NumberValue, f: Any) -> tuple[float, float, bool]:
+    """The precision range [low, high) as doubles, and whether its end must be inclusive: when
+    ``high`` rounds to the same double as the value (rounding is monotonic, so ``low`` never
+    passes it), ``< high`` would exclude the value itself."""
+    low, high = f(v.low), f(v.high)
+    return low, high, high <= f(v.value)
 
 
 def condition(t: Any, v: NumberValue, modifier: str | None = None) -> ColumnElement[bool]:

@@ -127,6 +127,8 @@ DATA = [
     ("RiskAssessment", "ra2", datetime(2024, 1, 1), False, [num("probability", 0.5)]),
     ("RiskAssessment", "ra3", datetime(2024, 1, 1), False, [num("probability", 5.4)]),
     ("RiskAssessment", "ra4", datetime(2024, 1, 1), False, [num("probability", 100.0)]),
+    # as many digits as a double holds (Synthea writes values so): its own literal must find it
+    ("RiskAssessment", "ra5", datetime(2024, 1, 1), False, [num("probability", 185.24786084320948)]),
 ]
 
 
@@ -232,14 +234,21 @@ CASES = [
     ("RiskAssessment", [("probability", "0.8")], set()),
     ("RiskAssessment", [("probability", "0.9")], {"ra1"}),
     ("RiskAssessment", [("probability", "1e2")], {"ra4"}),
-    ("RiskAssessment", [("probability", "gt0.5")], {"ra1", "ra3", "ra4"}),
-    ("RiskAssessment", [("probability", "ge0.5")], {"ra1", "ra2", "ra3", "ra4"}),
+    ("RiskAssessment", [("probability", "gt0.5")], {"ra1", "ra3", "ra4", "ra5"}),
+    ("RiskAssessment", [("probability", "ge0.5")], {"ra1", "ra2", "ra3", "ra4", "ra5"}),
     ("RiskAssessment", [("probability", "lt1")], {"ra1", "ra2"}),
     ("RiskAssessment", [("probability", "le0.5")], {"ra2"}),
-    ("RiskAssessment", [("probability", "ne5.4")], {"ra1", "ra2", "ra4"}),
+    ("RiskAssessment", [("probability", "ne5.4")], {"ra1", "ra2", "ra4", "ra5"}),
     ("RiskAssessment", [("probability", "ap100")], {"ra4"}),
     ("RiskAssessment", [("probability", "ap0.5")], {"ra2"}),
-    ("RiskAssessment", [("probability", "sa5.4")], {"ra4"}),
+    ("RiskAssessment", [("probability", "sa5.4")], {"ra4", "ra5"}),
+    ("RiskAssessment", [("probability", "185.24786084320948")], {"ra5"}),
+    ("RiskAssessment", [("probability", "eq185.24786084320948")], {"ra5"}),
+    ("RiskAssessment", [("probability", "ne185.24786084320948")], {"ra1", "ra2", "ra3", "ra4"}),
+    ("RiskAssessment", [("probability", "185.2478608432095")], {"ra5"}),
+    ("RiskAssessment", [("probability", "185.2478608432")], {"ra5"}),
+    ("RiskAssessment", [("probability", "185.24786084322")], set()),
+    ("RiskAssessment", [("probability", "le185.24786084320948")], {"ra1", "ra2", "ra3", "ra4", "ra5"}),
     ("RiskAssessment", [("probability", "eb0.85")], {"ra2"}),
     # quantity
     (OBS, [("value-quantity", "120")], {"o1"}),
