@@ -238,6 +238,7 @@ def test_an_error_fails_the_job_without_leaking_its_text(http, base, app, monkey
 
 
 def test_expired_jobs_answer_404_and_are_swept(http, base, app) -> None:
+    patient(http, base, uid())  # a file to expire, whichever tests ran before
     _loc, m = export(http, app, f"{base}/$export", {"_type": "Patient"})
     url = m["output"][0]["url"]
     job_id = url.split("/")[-2]
