@@ -67,3 +67,43 @@ def test_0008_fills_the_date_envelope_of_existing_token_and_reference_rows(datab
         engine.dispose()
     assert got == refs == {1: (datetime(2010, 1, 2), datetime(2015, 5, 6)), 2: (None, None)}
     assert _diff(database_url) == []
+
+
+def test_0009_keeps_only_our_own_base_in_absolute_references(database_url: str, monkeypatch) -> None:
+    """Rows written before 0009 lose the type/id of another server's URL, as extract() now
+    writes them (app.indexing.extract._only_ours); relative, urn: and our own base's rows stay."""
+    from datetime import datetime
+
+    from sqlalchemy import text
+
+    from app.storage.tables import sp_reference
+
+    ours = "https://results.example/fhir"
+    monkeypatch.setenv("PUBLIC_BASE_URL", ours + "/")
+    downgrade(database_url, "0008_date_envelope")
+    engine = create_engine(database_url)
+    rows = {  # rid: (target_type, target_id, url) as written before, and as expected after
+        901: (("Patient", "p", None), ("Patient", "p", None)),
+        902: (("Patient", "p", f"{ours}/Patient/p"), ("Patient", "p", f"{ours}/Patient/p")),
+        903: (("Patient", "p", "https://other.example/fhir/Patient/p"), (None, None, "https://other.example/fhir/Patient/p")),
+        904: (("Patient", "p", "http://results.example/fhir/Patient/p"), (None, None, "http://results.example/fhir/Patient/p")),
+        905: (("Patient", "p", f"{ours}x/Patient/p"), (None, None, f"{ours}x/Patient/p")),
+        906: ((None, None, "urn:uuid:1"), (None, None, "urn:uuid:1")),
+    }
+    try:
+        with engine.begin() as c:
+            for rid, (before, _after) in rows.items():
+                c.execute(text("INSERT INTO resource (rid, res_type, res_id, version, last_updated, deleted) "
+                               "VALUES (:r, 'Observation', :i, 1, :n, false)"),
+                          {"r": rid, "i": f"o{rid}", "n": datetime(2026, 1, 1)})
+                c.execute(text("INSERT INTO sp_reference (rid, res_type, param, target_type, target_id, url) "
+                               "VALUES (:r, 'Observation', 'subject', :t, :i, :u)"),
+                          {"r": rid, "t": before[0], "i": before[1], "u": before[2]})
+        upgrade(database_url)
+        with engine.connect() as c:
+            got = {r[0]: tuple(r[1:]) for r in c.execute(select(
+                sp_reference.c.rid, sp_reference.c.target_type, sp_reference.c.target_id, sp_reference.c.url
+            ).where(sp_reference.c.rid.in_(list(rows))))}
+    finally:
+        engine.dispose()
+    assert got == {rid: after for rid, (_before, after) in rows.items()}
