@@ -62,7 +62,7 @@ class Config:
     MAX_PAGE_SIZE: int = 1000
     # Emit SQL to the log (operators' debug switch).
     SQL_ECHO: bool = False
-    # Let searches show their SQL (``_explain=true`` or ``X-Debug-SQL``); never on in production.
+    # Let searches show their SQL (``_explain=true``: an OperationOutcome entry); never on in production.
     SEARCH_DEBUG_SQL: bool = False
     # Every FHIR request needs a SMART access token (metadata and .well-known stay open).
     # False is an explicit open demo (``results-repo run --open``), refused in production.
