@@ -209,12 +209,11 @@ def test_sql_echo_shows_the_statements_on_the_wire(database_url, caplog) -> None
     _pg(database_url)
     import logging
 
-    from conftest import NO_RATE_LIMITS
-
     from app import create_app
 
     app = create_app({"DATABASE_URL": database_url, "TESTING": True, "SECRET_KEY": "test-secret",
-                      "AUTH_REQUIRED": False, "SQL_ECHO": True, **NO_RATE_LIMITS})
+                      "AUTH_REQUIRED": False, "SQL_ECHO": True,
+                      "API_RATE_LIMIT_PER_MINUTE": 0, "TOKEN_RATE_LIMIT_PER_MINUTE": 0})
     try:
         client = app.test_client()
         pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "other"}).get_json()["id"]
