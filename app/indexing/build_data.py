@@ -1,10 +1,11 @@
 """Rebuild ``data/search-parameters.json`` from the specification's own SearchParameter Bundle.
 
-The registry must never drift from the spec by hand-editing, so the subset shipped with the app is
-produced by this script: ``python -m app.indexing.build_data /path/to/fhir-r4-spec``. It keeps every
-SearchParameter whose base names an enabled results type (``config.RESULTS_RESOURCE_TYPES``) or
-``Resource``/``DomainResource``, plus any definition a kept composite points at, and strips the
-narrative and publishing metadata the server never reads.
+The registry must never drift from the spec by hand-editing, so the data shipped with the app is
+produced by this script: ``python -m app.indexing.build_data /path/to/fhir-r4-spec``. It keeps the
+SearchParameters of *every* R4 resource type (and ``Resource``/``DomainResource``), since operators
+may enable any type (``ENABLED_RESOURCE_TYPES``) and the registry builds entries for the enabled
+ones only (:mod:`app.indexing.registry`); it strips the narrative and publishing metadata the server
+never reads (everything but :data:`KEEP_FIELDS`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import re
 import shutil
 import sys
 from pathlib import Path
-
-from config import RESULTS_RESOURCE_TYPES
 
 DATA_DIR = Path(__file__).with_name("data")
 KEEP_FIELDS = (
@@ -39,26 +38,21 @@ KEEP_FIELDS = (
 )
 
 
-def select(bundle: dict, types: list[str]) -> list[dict]:
-    """The SearchParameters the server needs, in spec order, trimmed to the fields it reads."""
-    wanted = set(types) | {"Resource", "DomainResource"}
-    by_url = {e["resource"]["url"]: e["resource"] for e in bundle["entry"]}
-    keep: dict[str, dict] = {}
-    for sp in by_url.values():
-        if wanted & set(sp["base"]):
-            keep[sp["url"]] = sp
-    # Composites may point at definitions whose base lies outside the selection.
-    pending = [c["definition"] for sp in list(keep.values()) for c in sp.get("component", ())]
-    while pending:
-        url = pending.pop()
-        if url not in keep:
-            keep[url] = by_url[url]
-            pending.extend(c["definition"] for c in keep[url].get("component", ()))
-    order = {url: i for i, url in enumerate(by_url)}
-    return [
-        {k: sp[k] for k in KEEP_FIELDS if k in sp}
-        for sp in sorted(keep.values(), key=lambda s: order[s["url"]])
-    ]
+def select(bundle: dict) -> list[dict]:
+    """Every SearchParameter of the Bundle, in spec order, trimmed to the fields the server reads.
+
+    Fails when a composite's ``component.definition`` names no SearchParameter of the Bundle:
+    the registry resolves components by that URL.
+    """
+    params = [e["resource"] for e in bundle["entry"]]
+    urls = {sp["url"] for sp in params}
+    if len(urls) != len(params):
+        raise SystemExit("two SearchParameters share a url")
+    for sp in params:
+        for comp in sp.get("component", ()):
+            if comp["definition"] not in urls:
+                raise SystemExit(f"{sp['url']}: component {comp['definition']} is not in the Bundle")
+    return [{k: sp[k] for k in KEEP_FIELDS if k in sp} for sp in params]
 
 
 def choice_elements() -> list[str]:
@@ -82,7 +76,7 @@ def choice_elements() -> list[str]:
 def main(argv: list[str]) -> int:
     src = Path(argv[1]) if len(argv) > 1 else Path("../shared/data/fhir-r4-spec")
     bundle = json.loads((src / "search-parameters-all.json").read_text(encoding="utf-8"))
-    params = select(bundle, RESULTS_RESOURCE_TYPES)
+    params = select(bundle)
     out = {
         "resourceType": "Bundle",
         "id": "results-repo-search-parameters",

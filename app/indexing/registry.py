@@ -8,11 +8,17 @@ Spec expressions are shared between many types (``AllergyIntolerance.code | ... 
 Observation.code``); each :class:`SearchParam` keeps only the branches that apply to its
 ``base_type`` (and ``Resource.``/``DomainResource.`` branches), so the evaluator never walks a
 branch that cannot match and ``targets`` can be narrowed by ``resolve() is X``.
+
+The data holds every R4 type's definitions (``build_data``); a registry looks only at those of its
+enabled types. A definition is unsupported (with its reason) when it has no expression, a type
+with no index (``special``), an expression or component outside the FHIRPath subset, a component
+reading ``%resource``, or is one of the few listed in ``_NOT_INDEXABLE``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +43,20 @@ EVALUABLE_TYPES = frozenset(
     {"token", "string", "date", "reference", "quantity", "number", "uri", "composite"}
 )
 
+# Definitions whose expression compiles but can never give an index value (by url, with the
+# reason :meth:`Registry.unsupported` reports). Everything else unsupported is found by rule.
+_ENTRY_RESOURCE = (
+    "the value is the first entry's resource itself, not a Reference; only chaining into it "
+    "could use it, and Bundle entries are not indexed"
+)
+_NOT_INDEXABLE = {
+    "http://hl7.org/fhir/SearchParameter/Bundle-composition": _ENTRY_RESOURCE,
+    "http://hl7.org/fhir/SearchParameter/Bundle-message": _ENTRY_RESOURCE,
+}
+# FHIRPath environment variables: a composite's components are evaluated on each composite
+# value alone (app/indexing/extract.py), where the resource root is out of reach.
+_ROOT_VARIABLES = ("%resource", "%rootResource", "%context")
+
 
 @dataclass(frozen=True)
 class SearchParam:
@@ -60,10 +80,27 @@ class SearchParam:
     description: str = field(default="", compare=False, repr=False)
 
 
-@lru_cache(maxsize=1)
-def _spec_params() -> tuple[dict, ...]:
+def _spec_index() -> tuple[dict[str, dict], dict[str, tuple[tuple[int, dict], ...]]]:
+    """The spec's definitions by url, and by ``base`` (with their position in the spec).
+
+    Read afresh for each registry (a few ms) and not kept: the file holds every R4 type's
+    parameters (some 1400 definitions, ~5000 objects), a registry needs its enabled types' only.
+    """
     raw = json.loads((DATA_DIR / "search-parameters.json").read_text(encoding="utf-8"))
-    return tuple(e["resource"] for e in raw["entry"])
+    by_url: dict[str, dict] = {}
+    by_base: dict[str, list[tuple[int, dict]]] = {}
+    for i, entry in enumerate(raw["entry"]):
+        sp = entry["resource"]
+        by_url[sp["url"]] = sp
+        for base in sp["base"]:
+            by_base.setdefault(base, []).append((i, sp))
+    return by_url, {base: tuple(sps) for base, sps in by_base.items()}
+
+
+def _definitions_for(res_type: str, by_base: dict[str, tuple[tuple[int, dict], ...]]) -> list[dict]:
+    """Definitions whose base is ``res_type``, ``Resource`` or ``DomainResource``, in spec order."""
+    found = {i: sp for base in (res_type, *_GENERIC_BASES) for i, sp in by_base.get(base, ())}
+    return [found[i] for i in sorted(found)]
 
 
 @lru_cache(maxsize=1)
@@ -72,10 +109,22 @@ def _patient_compartment() -> dict[str, tuple[str, ...]]:
     return {r["code"]: tuple(r.get("param", ())) for r in raw.get("resource", ())}
 
 
+_RELATIVE_BRANCH = re.compile(r"^[a-z][A-Za-z0-9_]*(?:\.[a-z][A-Za-z0-9_]*)*$")
+
+
 def _branches_for(expression: str, res_type: str) -> list[str]:
-    return [
-        b for b in split_union(expression) if branch_root(b) in (res_type, *_GENERIC_BASES)
-    ]
+    """The union branches that apply to ``res_type``, each rooted at a type name.
+
+    A plain relative path (R4's ``InsurancePlan-name`` is ``name | alias``) is evaluated on the
+    resource itself, so it becomes ``InsurancePlan.name``.
+    """
+    out = []
+    for b in split_union(expression):
+        if branch_root(b) in (res_type, *_GENERIC_BASES):
+            out.append(b)
+        elif _RELATIVE_BRANCH.match(b):
+            out.append(f"{res_type}.{b}")
+    return out
 
 
 def _strip_parens(text: str) -> str:
@@ -116,13 +165,11 @@ class Registry:
         self._types = list(dict.fromkeys(enabled_types))
         self._params: dict[str, dict[str, SearchParam]] = {}
         self._unsupported: dict[str, dict[str, str]] = {}
-        by_url = {sp["url"]: sp for sp in _spec_params()}
+        by_url, by_base = _spec_index()
         for res_type in self._types:
             params: dict[str, SearchParam] = {}
             unsupported: dict[str, str] = {}
-            for sp in _spec_params():
-                if res_type not in sp["base"] and not set(_GENERIC_BASES) & set(sp["base"]):
-                    continue
+            for sp in _definitions_for(res_type, by_base):
                 param, reason = self._build(sp, res_type, by_url)
                 if param is None:
                     unsupported[sp["code"]] = reason
@@ -142,6 +189,8 @@ class Registry:
             return None, f"type {sp_type} has no index"
         if not expression:
             return None, "no FHIRPath expression"
+        if sp["url"] in _NOT_INDEXABLE:
+            return None, _NOT_INDEXABLE[sp["url"]]
         branches = _branches_for(expression, res_type)
         if not branches:
             return None, f"no expression branch for {res_type}"
@@ -163,6 +212,11 @@ class Registry:
             if cparam is None or cparam.type == "composite":
                 return None, f"component {definition['code']}: {reason or 'nested composite'}"
             cexpr = _component_expression(expr, comp, cparam)
+            if any(var in cexpr for var in _ROOT_VARIABLES):
+                return None, (
+                    f"component {definition['code']} reads the resource root ({cexpr}); "
+                    "components are evaluated on each composite value alone"
+                )
             try:
                 compile_expression(cexpr)
             except FhirPathError as exc:

@@ -150,6 +150,9 @@ class _Parser:
         if p is None and code in _BUILTINS and self._known_type(res_type):
             p = _BUILTINS[code]
         if p is None:
+            reason = getattr(self.registry, "unsupported", lambda _t: {})(res_type).get(code)
+            if reason:  # a spec parameter of this type that the server cannot index
+                raise _Unsupported(code, f"Search parameter '{code}' of {res_type} is not supported: {reason}")
             raise _Unsupported(code, f"Unknown search parameter '{code}' for resource type {res_type}")
         if p.type not in MODIFIERS:
             raise _Unsupported(code, f"Search parameter '{code}' (type {p.type}) is not supported")
