@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.indexing.extract import parse_reference
+from app.indexing.extract import parse_reference, under_base
 
 RELEVANT, LATEST = "RelevantProvenanceResources", "LatestProvenanceResources"
 PROVENANCE_VALUES = (LATEST, RELEVANT)
@@ -55,11 +55,10 @@ def targets(doc: dict, base_url: str | None = None) -> list[tuple[str, str]]:
     """The ``(type, id)`` of a Provenance's targets on this server (relative, or absolute on
     ``base_url``: another server's Patient/1 is not ours), Provenance targets left out."""
     out: list[tuple[str, str]] = []
-    prefix = base_url.rstrip("/") + "/" if base_url else None
     for t in doc.get("target") or []:
         ref = t.get("reference") if isinstance(t, dict) else None
         parsed = parse_reference(ref) if isinstance(ref, str) else None
-        if parsed and parsed[2] is not None and not (prefix and parsed[2].startswith(prefix)):
+        if parsed and parsed[2] is not None and not under_base(parsed[2], base_url):
             continue
         if parsed and parsed[0] and parsed[1] and parsed[0] != "Provenance" and (parsed[0], parsed[1]) not in out:
             out.append((parsed[0], parsed[1]))

@@ -46,7 +46,7 @@ from app.indexing.normalize import normalize_string
 from app.indexing.registry import Registry, SearchParam
 from app.indexing.ucum import UCUM_SYSTEM, canonical
 
-__all__ = ["extract", "COLUMNS", "KINDS", "parse_reference"]
+__all__ = ["extract", "COLUMNS", "KINDS", "parse_reference", "under_base"]
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "token": ("param", "system", "code", "date_low", "date_high", "grp"),
@@ -463,11 +463,15 @@ def _only_ours(rows: list[dict], base_url: str | None) -> None:
     on its tail it would join our Patient/1's compartment, chains, includes and ``_has``, and
     reach a token scoped to our patient 1: another person's results.  Such rows match only a
     search for the same URL.  Without ``base_url`` every absolute URL is someone else's."""
-    prefix = base_url.rstrip("/") + "/" if base_url else None
     for row in rows:
         url = row["url"]
-        if url is not None and row["target_id"] is not None and not (prefix and url.startswith(prefix)):
+        if url is not None and row["target_id"] is not None and not under_base(url, base_url):
             row["target_type"] = row["target_id"] = None
+
+
+def under_base(url: str, base_url: str | None) -> bool:
+    """``url`` lies under our FHIR base (as a path: ``.../fhir/`` is not under ``.../fh``)."""
+    return bool(base_url) and url.startswith(base_url.rstrip("/") + "/")
 
 
 # The parameter whose envelope token and reference rows carry, and those kinds (decision 0016).

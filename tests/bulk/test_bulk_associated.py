@@ -200,3 +200,21 @@ def test_custom_value_ignored_with_a_warning(http, base, app, data) -> None:
     issue = orjson.loads(err.content.splitlines()[0])["issue"][0]
     assert issue["severity"] == "warning" and issue["code"] == "not-supported"
     assert "_acmeExtras" in issue["diagnostics"]
+
+
+@pytest.mark.parametrize(("reference", "ours"), [
+    ("Observation/o1", True),
+    ("https://results.example/fhir/Observation/o1", True),
+    ("https://results.example/fhir/Observation/o1/_history/2", True),
+    ("https://other.example/fhir/Observation/o1", False),  # another server's o1
+    ("https://results.example/fhirX/Observation/o1", False),
+    ("urn:uuid:5", False),
+    ("Provenance/p1", False),  # a Provenance of a Provenance is not associated data
+])
+def test_provenance_targets_are_ours_only(reference, ours) -> None:
+    """Another server's Observation/o1 is not our o1: its Provenance is not associated data of our
+    o1's export (decision 0018)."""
+    from app.bulk.associated import targets
+
+    doc = {"resourceType": "Provenance", "target": [{"reference": reference}]}
+    assert targets(doc, "https://results.example/fhir") == ([("Observation", "o1")] if ours else [])
