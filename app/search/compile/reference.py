@@ -13,9 +13,10 @@ from app.search.expr import ReferenceValue, TokenValue
 def condition(t: Any, v: ReferenceValue | TokenValue, modifier: str | None = None) -> ColumnElement[bool]:
     """Row predicate on an sp_reference row (sp_token row for ``:identifier``).
 
-    Local values match on (target_type, target_id): the indexer also fills these from the tail of
-    absolute references, so ``Patient/1`` matches ``http://any/fhir/Patient/1`` too (the spec
-    lets servers do this; it is what callers expect after a server move).
+    Local values match on (target_type, target_id): the indexer fills these for relative
+    references and for absolute ones on our own base, so ``Patient/1`` matches
+    ``[our base]/Patient/1`` too; another server's ``https://other/fhir/Patient/1`` keeps only its
+    URL and matches only that URL (decision 0018: it is another person).
     """
     if isinstance(v, TokenValue):
         return token.condition(t, v)
