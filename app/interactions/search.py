@@ -180,7 +180,7 @@ def _count(ctx: FhirContext, values: list[str]) -> tuple[int, str | None]:
     if not values:
         return ctx.default_page_size, None
     raw = values[-1]
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # (isdigit alone takes '²' and '５', which int() refuses)
         raise FhirError(400, "invalid", f"_count must be a non-negative integer, got {raw[:40]!r}.", ["_count"])
     n = int(raw)
     if n > ctx.max_page_size:

@@ -64,16 +64,16 @@ def parse_includes(control: list[tuple[str, str]], registry: Any, enabled: froze
     specs: list[IncludeSpec] = []
     ignored: list[tuple[str, str]] = []
     for key, value in control:
-        name, _, mod = key.partition(":")
+        name, sep, mod = key.partition(":")
         if name not in ("_include", "_revinclude"):
             continue
         try:
-            if mod not in ("", "iterate", "recurse"):
+            if (sep and not mod) or mod not in ("", "iterate", "recurse"):
                 raise ValueError(f"Unsupported modifier ':{mod}' on {name}")
             specs.append(_parse_one(name == "_revinclude", mod != "", value, registry, enabled, (key, value)))
         except ValueError as e:
             if strict:
-                raise FhirError(400, "not-supported", str(e), [key]) from None
+                raise FhirError(400, "not-supported", f"{key}: {e}", [key]) from None
             ignored.append((key, value))
     return specs, ignored
 

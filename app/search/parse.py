@@ -92,6 +92,21 @@ class SearchRequest:
         return [v for k, v in self.control if k == name]
 
 
+# Bounds on one search's shape (decision 0019): each chain link and ``_has`` level nests a
+# subquery, each OR-value and each AND-ed parameter a condition.  Past these SQLite's parser
+# overflows its stack (7 links) or its expression depth (~450 values), SQLAlchemy recurses out
+# (~80 links), and PostgreSQL's planner time grows steeply (100 AND-ed clauses: 0.7 s to plan).
+MAX_DEPTH = 4  # chain links plus _has levels in one parameter name
+MAX_OR_VALUES = 100  # comma-separated values of one parameter
+MAX_CLAUSES = 32  # search parameters of one search (repeated ones count each time)
+
+
+def too_costly(param: str, message: str) -> FhirError:
+    """A 400 ``too-costly`` naming the parameter, strict or lenient: ignoring part of a search
+    would broaden it."""
+    return FhirError(400, "too-costly", f"Search parameter '{param}': {message}", expression=[param])
+
+
 class _Unsupported(Exception):
     """Unknown parameter or modifier: 400 when strict, ignored when lenient."""
 
@@ -172,7 +187,8 @@ class _Parser:
             return self._has(res_type, key, value)
         if "." in key:
             return self._chain(res_type, key, value)
-        name, _, mod = key.partition(":")
+        name, sep, mod = key.partition(":")
+        _check_name(key, name, sep, mod)
         param = self._param(res_type, name)
         return self._simple(res_type, param, name, mod or None, value)
 
@@ -196,7 +212,8 @@ class _Parser:
 
     def _chain(self, res_type: str, key: str, value: str) -> Node | None:
         head, rest = key.split(".", 1)
-        name, _, mod = head.partition(":")
+        name, sep, mod = head.partition(":")
+        _check_name(key, name, sep, mod)
         param = self._param(res_type, name)
         if param.type != "reference":
             raise _Unsupported(key, f"Cannot chain on '{name}': not a reference parameter")
@@ -237,6 +254,9 @@ class _Parser:
         alts = [a for a in split_unescaped(value, ",") if a != ""]
         if not alts:
             return None
+        if len(alts) > MAX_OR_VALUES:
+            raise too_costly(name, f"{len(alts)} values; at most {MAX_OR_VALUES} in one parameter "
+                                   "(split the search)")
         if mod == "not":
             return Not(Match(param, None, tuple(self.value(param, name, None, a) for a in alts)))
         return Match(param, mod, tuple(self.value(param, name, mod, a) for a in alts))
@@ -325,6 +345,15 @@ class _Parser:
         raise bad_value(name, f"'{v}' is not a reference (id, Type/id or absolute URL)")
 
 
+def _check_name(key: str, name: str, sep: str, mod: str) -> None:
+    """``:`` with nothing after it is no modifier (the grammar has none that is empty), and a
+    name cannot be empty (``.name``, ``:``): unknown, with the key the caller sent."""
+    if not name:
+        raise _Unsupported(key, f"'{key}' does not start with a search parameter name")
+    if sep and not mod:
+        raise _Unsupported(key, f"Empty modifier in '{key}'")
+
+
 def _check_text(key: str, value: str) -> None:
     """Reject text no database can store (NUL, lone surrogates): a 400, never a driver 500."""
     for text in (key, value):
@@ -360,6 +389,9 @@ def parse(
         if base in CONTROL_PARAMS:
             req.control.append((key, value))
             continue
+        depth = key.count(".") + key.count("_has:")
+        if depth > MAX_DEPTH:
+            raise too_costly(key, f"{depth} chained references and _has levels; at most {MAX_DEPTH}")
         try:
             node = parser.key(res_type, key, value)
         except _Unsupported as e:
@@ -368,6 +400,8 @@ def parse(
             req.ignored.append((key, value))
             continue
         if node is not None:
+            if len(req.clauses) == MAX_CLAUSES:
+                raise too_costly(key, f"more than {MAX_CLAUSES} search parameters in one search")
             req.clauses.append(node)
             req.params.append((key, value))
     return req

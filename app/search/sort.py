@@ -76,7 +76,7 @@ def parse_sort(values: list[str], res_types: list[str], registry: Any, *, strict
                 ptype = p.type
             if problem is not None or ptype is None:
                 if strict:
-                    raise FhirError(400, "not-supported", problem or f"Cannot sort by '{code}'", ["_sort"])
+                    raise FhirError(400, "not-supported", f"_sort: {problem or f'Cannot sort by {code!r}'}", ["_sort"])
                 ignored.append(part)
                 continue
             if any(k.code == code for k in keys):

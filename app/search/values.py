@@ -17,11 +17,16 @@ from app.indexing.normalize import normalize_string as _normalize
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 DEFAULT_TZ = ZoneInfo("Europe/London")
 
+# ASCII digits only (``\d`` would take any script's), and the whole text (``fullmatch``: ``$``
+# would accept a final newline).
 _DATE_RE = re.compile(
-    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
-    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?P<y>[0-9]{4})(?:-(?P<m>[0-9]{2})(?:-(?P<d>[0-9]{2})"
+    r"(?:T(?P<H>[0-9]{2}):(?P<M>[0-9]{2})(?::(?P<S>[0-9]{2})(?:\.(?P<f>[0-9]{1,9}))?)?"
+    r"(?P<tz>Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))?)?)?)?"
 )
+# FHIR's decimal (datatypes.html#decimal): no leading '+', no leading zeros, digits on both
+# sides of a point; an exponent as the spec's regex allows.
+_DECIMAL_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _ONE_US = timedelta(microseconds=1)
 
 
@@ -54,7 +59,7 @@ def parse_date_range(param: str, text: str, tz: ZoneInfo | None = None) -> tuple
     period's start and end are each converted, so a day in spring is 23 hours long).
     """
     tz = tz or DEFAULT_TZ
-    m = _DATE_RE.match(text)
+    m = _DATE_RE.fullmatch(text)
     if not m:
         raise bad_value(param, f"'{text}' is not a FHIR date, dateTime or instant")
     g = m.groupdict()
@@ -119,7 +124,7 @@ def parse_decimal(param: str, text: str) -> tuple[Decimal, Decimal, Decimal]:
 
     Why: the spec says eq on a number matches the range implied by the significant figures.
     """
-    if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", text or "") or len(text) > 64:
+    if not _DECIMAL_RE.fullmatch(text or "") or len(text) > 64:
         raise bad_value(param, f"'{text}' is not a number")
     try:
         d = Decimal(text)

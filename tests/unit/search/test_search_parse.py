@@ -219,6 +219,10 @@ UNSUPPORTED = [
     ("Patient", "_has:Nonsense:subject:code", "1"),
     ("Observation", "_text", "x"),
     ("Patient", "_id:exact", "1"),
+    ("Patient", "name:", "x"),  # an empty modifier is no modifier the grammar has
+    ("Observation", "subject:.name", "x"),
+    ("Patient", ":", "x"),  # no name at all
+    ("Patient", ".name", "x"),
 ]
 
 
@@ -248,6 +252,16 @@ MALFORMED = [
     ("Observation", "subject", "Patient/1/2"),
     ("Observation", "subject:Patient", "Group/1"),
     ("Patient", "identifier:of-type", "a|b"),
+    # R4's grammar, exactly (decision 0019): ASCII digits, the whole text, offsets up to 14:00
+    ("Patient", "birthdate", "\uff12\uff10\uff12\uff10"),  # fullwidth 2020
+    ("Patient", "birthdate", "2020-01-01\n"),
+    ("Observation", "date", "2020-01-01T10:00:00+14:30"),
+    ("Observation", "date", "2020-01-01T10:00:00+15:00"),
+    ("RiskAssessment", "probability", ".5"),
+    ("RiskAssessment", "probability", "1."),
+    ("RiskAssessment", "probability", "+5"),
+    ("RiskAssessment", "probability", "007"),
+    ("RiskAssessment", "probability", "\u0663"),  # Arabic-Indic 3
 ]
 
 
@@ -285,3 +299,54 @@ def test_hostile_values_are_400(key, value):
     with pytest.raises(FhirError) as ei:
         parse(res_type, [(key, value)], REGISTRY, strict=False)
     assert ei.value.status == 400
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("2020-01-01T10:00:00+14:00", True), ("2020-01-01T10:00:00-14:00", True),
+    ("2020-01-01T10:00:00+13:59", True), ("2020-01-01T10:00:00+05:60", False),
+    ("0.5", True), ("-0.5", True), ("0", True), ("1e2", True), ("1.50E-3", True), ("-0", True),
+])
+def test_grammar_edges(value, ok):
+    key = "date" if "T" in value else "probability"
+    res_type = "Observation" if key == "date" else "RiskAssessment"
+    if ok:
+        assert one(res_type, key, value) is not None
+    else:
+        with pytest.raises(FhirError):
+            one(res_type, key, value)
+
+
+def _chain(links: int) -> str:
+    """``subject:Patient.organization.partof...name`` with ``links`` reference links."""
+    return ".".join(["subject:Patient", "organization", *["partof"] * (links - 2), "name"])
+
+
+@pytest.mark.parametrize(("res_type", "key", "value", "ok"), [
+    ("Observation", _chain(4), "x", True),
+    ("Observation", _chain(5), "x", False),
+    ("Patient", "_has:Patient:link:" * 4 + "name", "x", True),
+    ("Patient", "_has:Patient:link:" * 5 + "name", "x", False),
+    ("Patient", "_has:Patient:link:" * 2 + "organization.partof.name", "x", True),
+    ("Patient", "_has:Patient:link:" * 2 + "organization.partof.partof.name", "x", False),
+    ("Observation", "code", ",".join(f"c{i}" for i in range(100)), True),
+    ("Observation", "code", ",".join(f"c{i}" for i in range(101)), False),
+])
+def test_shape_bounds_are_too_costly_in_both_modes(res_type, key, value, ok):
+    """Decision 0019: 4 chain links plus _has levels, 100 OR-values; a 400 ``too-costly`` naming
+    the parameter when lenient too (ignoring part of a search would broaden it)."""
+    for strict in (True, False):
+        if ok:
+            assert len(parse(res_type, [(key, value)], REGISTRY, strict=strict).clauses) == 1
+            continue
+        with pytest.raises(FhirError) as ei:
+            parse(res_type, [(key, value)], REGISTRY, strict=strict)
+        assert (ei.value.status, ei.value.code) == (400, "too-costly")
+        assert ei.value.expression in ([key], [key.split(":")[0]])
+
+
+def test_at_most_32_parameters_in_one_search():
+    params = [("code", f"c{i}") for i in range(32)]
+    assert len(parse("Observation", params, REGISTRY, strict=True).clauses) == 32
+    with pytest.raises(FhirError) as ei:
+        parse("Observation", [*params, ("status", "final")], REGISTRY, strict=False)
+    assert (ei.value.status, ei.value.code, ei.value.expression) == (400, "too-costly", ["status"])
