@@ -129,8 +129,8 @@ class AuditRecord:
             "token_id": _cut(w.token_id, 32),
             "scope": w.scope,
             "source_ip": _cut(w.source_ip, 64),
-            "res_type": _cut(self.res_type, 64),
-            "entity": _cut(self.entity, 200),
+            "res_type": _text(self.res_type, 64),
+            "entity": _text(self.entity, 200),
             "query": self.query,
             "purpose": _cut(w.purpose, 16),
             "detail": orjson.dumps(self.detail).decode() if self.detail else None,
@@ -139,3 +139,18 @@ class AuditRecord:
 
 def _cut(v: str | None, n: int) -> str | None:
     return v[:n] if v is not None else None
+
+
+def _text(v: str | None, n: int) -> str | None:
+    """A value from the request path, storable as text: PostgreSQL refuses NUL in text, and a
+    request for ``/fhir/Patient/a%00b`` must still leave its record (as U+FFFD there)."""
+    if v is None:
+        return None
+    v = v[:n]
+    return v.replace("\x00", "\ufffd") if "\x00" in v else v
+
+
+def storable(v: str, n: int) -> str:
+    """:func:`_text` for a value that is never None (patient ids)."""
+    v = v[:n]
+    return v.replace("\x00", "\ufffd") if "\x00" in v else v

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Connection, Engine
 
-from app.audit.events import AuditRecord
+from app.audit.events import AuditRecord, storable
 from app.audit.tables import audit_event, audit_patient
 from app.db import wire
 from app.db.driver import echo
@@ -43,7 +43,7 @@ def array_literal(items: list[str]) -> str:
 
 
 def _patient_ids(rec: AuditRecord) -> list[str]:
-    return sorted(p[:64] for p in rec.patients)
+    return sorted(storable(p, 64) for p in rec.patients)
 
 
 def store_in(conn: Connection, records: Iterable[AuditRecord], asynchronous: bool = False) -> None:

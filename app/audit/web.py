@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, has_request_context, request
+from werkzeug.exceptions import HTTPException
 
 from app.audit.events import ACTIONS, AuditRecord, Who, outcome_for
 from app.audit.patients import patients_in, patients_in_file
@@ -172,9 +173,18 @@ def _query() -> str | None:
     req = request._get_current_object()
     q = req.query_string.decode("utf-8", "replace")
     if req.method == "POST" and req.mimetype == "application/x-www-form-urlencoded":
-        form = urlencode(list(req.form.items(multi=True)))
+        form = urlencode(_form_items(req))
         q = "&".join(p for p in (q, form) if p)
     return q or None
+
+
+def _form_items(req) -> list[tuple[str, str]]:  # noqa: ANN001
+    """The form's fields; none when the body broke the limits (the 413 already answered it:
+    reading ``form`` again would raise again, and the record would be lost)."""
+    try:
+        return list(req.form.items(multi=True))
+    except HTTPException:
+        return []
 
 
 def _link_path(ep: str, args: dict) -> str | None:
@@ -196,7 +206,7 @@ def _followed(rec: Recorder, ep: str, args: dict) -> Followed | None:
     req = request._get_current_object()
     params = list(req.args.items(multi=True))
     if req.method == "POST" and req.mimetype == "application/x-www-form-urlencoded":
-        params += list(req.form.items(multi=True))
+        params += _form_items(req)
     return rec.followed(_link_path(ep, args), params)
 
 
