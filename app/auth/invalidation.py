@@ -205,7 +205,13 @@ class Listener:
                     self._live_until = time.monotonic() + LIVE_FOR_S
                     self._ready.set()
                     delay = 0.5
-                    self._serve(conn)
+                    try:
+                        self._serve(conn)
+                    finally:
+                        # Before the socket closes: its fd number can be reused at once by
+                        # another connection, which trusted() would then poll instead.
+                        self._live_until = 0.0
+                        self._fd = -1
             except Exception as exc:  # noqa: BLE001 - any failure: distrust caches, reconnect
                 log.warning("auth cache invalidation listener lost its connection (%s); "
                             "token and clearance caches are bypassed until it reconnects",
