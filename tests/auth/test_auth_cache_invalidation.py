@@ -150,6 +150,12 @@ def test_without_its_listener_a_worker_does_not_trust_its_cache(auth_app, databa
             while conn.execute(text("SELECT 1 FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).first():
                 assert time.monotonic() < gone_by, "the listener's session did not end"
                 time.sleep(0.01)
+            # A backend leaves pg_stat_activity before its process closes the socket: until the
+            # socket says so, nothing on this side can know the listener is gone.  Wait for the
+            # listener to notice (it bumps its generation), as any worker would.
+            while listener.generation == before:
+                assert time.monotonic() < gone_by, "the listener did not notice its session ended"
+                time.sleep(0.01)
             conn.execute(update(auth_token).where(auth_token.c.token_hash == token_hash(raw)).values(revoked=True))
     finally:
         admin.dispose()
