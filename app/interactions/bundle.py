@@ -65,6 +65,9 @@ def _parse_url(e: Entry, ctx: FhirContext) -> None:
     if url.startswith(ctx.base_url + "/"):
         url = url[len(ctx.base_url) + 1 :]
     parts = urlsplit(url)
+    if parts.scheme or parts.netloc:  # an absolute URL not on our base names another server
+        raise FhirError(400, "invalid", f"request.url '{e.url[:200]}' is not on this server "
+                        f"({ctx.base_url}); use a URL relative to the base.", ["request.url"])
     path = parts.path.strip("/")
     segs = path.split("/") if path else []
     if not segs or not TYPE_RE.match(segs[0]):
@@ -109,6 +112,9 @@ def _parse_entries(ctx: FhirContext, bundle: dict) -> list[Entry]:
             _parse_url(e, ctx)
             e.if_match = parse_if_match(req.get("ifMatch"))
             e.if_none_exist = req.get("ifNoneExist")
+            if e.if_none_exist is not None and not isinstance(e.if_none_exist, str):
+                raise FhirError(400, "invalid", "request.ifNoneExist must be a search query string.",
+                                ["request.ifNoneExist"])
             if method in ("POST", "PUT"):
                 res = item.get("resource")
                 if e.history or e.version:
@@ -161,7 +167,14 @@ def _resolve_identities(ctx: FhirContext, repo: Repository, entries: list[Entry]
     """Give each POST/PUT its final id and map fullUrls to Type/id, before any write."""
     mapping: dict[str, str] = {}
     seen: dict[tuple[str, str], int] = {}
+    full_urls: dict[str, int] = {}
+    conds: dict[str, int] = {}
     for e in entries:
+        if e.full_url:  # bdl-7: a fullUrl names one entry (the last would silently win)
+            if e.full_url in full_urls:
+                raise _fail(e.index, FhirError(400, "duplicate", f"fullUrl '{e.full_url[:200]}' is also the "
+                                               f"fullUrl of entry {full_urls[e.full_url]}; each entry needs its own."))
+            full_urls[e.full_url] = e.index
         if e.method == "POST":
             if e.if_none_exist:
                 matches = find(ctx, repo.conn, e.res_type, e.if_none_exist.lstrip("?").split("?", 1)[-1], letter="c")
@@ -194,7 +207,15 @@ def _resolve_identities(ctx: FhirContext, repo: Repository, entries: list[Entry]
         # can be sent together, the results referring to it by NHS number.
         cond = e.if_none_exist if e.method == "POST" else e.query if e.method == "PUT" and not e.res_id else None
         if cond and e.target_id:
-            mapping.setdefault(_cond_key(e.res_type, cond.lstrip("?").split("?", 1)[-1]), f"{e.res_type}/{e.target_id}")
+            ckey = _cond_key(e.res_type, cond.lstrip("?").split("?", 1)[-1])
+            if ckey in conds and not e.existing:
+                # Both would find nothing now and create one each: two resources for criteria
+                # meant to name one (and every later conditional write on them a 412).
+                raise _fail(e.index, FhirError(400, "duplicate", f"entries {conds[ckey]} and {e.index} are "
+                                               f"conditional writes of {e.res_type} with the same criteria; "
+                                               "a transaction may touch a resource once."))
+            conds[ckey] = e.index
+            mapping.setdefault(ckey, f"{e.res_type}/{e.target_id}")
     return mapping
 
 

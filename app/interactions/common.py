@@ -96,13 +96,15 @@ def version_headers(ctx: FhirContext, stored: Stored) -> dict[str, str]:
     }
 
 
-def parse_if_match(value: str | None) -> int | None:
-    if not value:
+def parse_if_match(value: object) -> int | None:
+    if value is None or value == "":
         return None
+    if not isinstance(value, str):  # (a Bundle entry's request.ifMatch may be any JSON)
+        raise FhirError(400, "invalid", "If-Match must be an ETag string like W/\"3\".", ["request.ifMatch"])
     v = value.strip()
     if v.startswith("W/"):
         v = v[2:]
     v = v.strip('"')
-    if not v.isdigit():
+    if not (v.isascii() and v.isdigit()):  # (isdigit alone takes '²', which int() refuses)
         raise FhirError(400, "invalid", f"If-Match must be an ETag like W/\"3\", got {value[:40]!r}.")
     return int(v)
