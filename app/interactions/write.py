@@ -262,8 +262,10 @@ def patch(ctx: FhirContext, res_type: str, res_id: str | None, query: str | None
         repo = ctx.repo(conn)
         if res_id is None:
             matches = find(ctx, conn, res_type, query or "", letter="u")
-            if len(matches) != 1:
-                raise FhirError(412, "multiple-matches" if matches else "not-found", f"A conditional patch needs exactly one match; {len(matches)} {res_type} matched.")
+            if not matches:  # R4 http.html#patch: no match is 404, several 412
+                raise FhirError(404, "not-found", f"A conditional patch needs exactly one match; no {res_type} matched.")
+            if len(matches) > 1:
+                raise FhirError(412, "multiple-matches", f"A conditional patch needs exactly one match; {len(matches)} {res_type} matched.")
             res_id = matches[0].res_id
         ctx.check_id(res_id)
         stored, status, body = patch_in(ctx, repo, res_type, res_id, patch_doc, if_match)
