@@ -618,6 +618,17 @@ def _validate_r4_only(walker: _Walker) -> None:
             return
 
 
+def _dom_2(data: dict, rt: str, walker: _Walker) -> None:
+    """R4 invariant dom-2: a contained resource holds no contained resources of its own."""
+    contained = data.get("contained")
+    if not isinstance(contained, list):
+        return
+    for i, item in enumerate(contained):
+        if isinstance(item, dict) and "contained" in item:
+            walker.add("invariant", f"{rt}.contained[{i}].contained",
+                       "a contained resource cannot contain resources (dom-2)")
+
+
 def validate_resource(data: Any, expected_type: str | None = None) -> None:
     """Raise FhirError unless ``data`` is a valid FHIR R4 resource (of ``expected_type``, if given).
 
@@ -654,6 +665,7 @@ def validate_resource(data: Any, expected_type: str | None = None) -> None:
 
     walker = _Walker()
     walker.element(data, _spec(model), rt)
+    _dom_2(data, rt, walker)
     issues = walker.issues
 
     if not walker.full:
