@@ -38,6 +38,22 @@ def parse_reference(ref: str, base_url: str | None) -> tuple[str, str] | None:
     return m.group(1), m.group(2)
 
 
+def malformed_local(ref: str, base_url: str | None, enabled: frozenset[str] | set[str]) -> bool:
+    """A reference that :func:`parse_reference` refused yet points into this server: relative
+    (or on our base) and starting with an enabled type or a dot segment (``Patient/``,
+    ``Patient/x' OR 1=1``, ``../Patient/1``).  It can never resolve, so integrity (decision 0003)
+    would silently skip it; the write is refused instead.  Other servers' URLs, ``urn:``,
+    ``#contained`` and conditional references (``Patient?identifier=...``) are not this."""
+    if not ref or ref.startswith(("#", "urn:")):
+        return False
+    if base_url and ref.startswith(base_url.rstrip("/") + "/"):
+        ref = ref[len(base_url.rstrip("/")) + 1 :]
+    elif "://" in ref:
+        return False
+    head = ref.split("/", 1)[0]
+    return "/" in ref and (head in enabled or head in ("", ".", ".."))
+
+
 def rewrite_strings(node: object, fn: Callable[[str, str], str | None], key: str = "") -> object:
     """Return ``node`` with each string value ``s`` under member ``key`` replaced by fn(key, s)
     when that is not None. Used for urn:uuid and conditional-reference resolution."""

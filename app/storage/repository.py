@@ -45,7 +45,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.fhir.errors import FhirError
 from app.fhir.jsonutil import instant, utcnow
-from app.storage.references import iter_references, parse_reference
+from app.storage.references import iter_references, malformed_local, parse_reference
 from app.storage.tables import INDEX_TABLES, ref_link, resource, resource_version
 
 IndexFn = Callable[[dict], dict[str, list[dict]]]
@@ -327,10 +327,14 @@ class Repository:
         if memo is not None and memo[0] is body:
             return memo[1]
         out: set[tuple[str, str]] = set()
-        for _path, ref in iter_references(body):
+        for path, ref in iter_references(body):
             parsed = parse_reference(ref, self.base_url)
             if parsed and parsed[0] in self.enabled:
                 out.add(parsed)
+            elif parsed is None and malformed_local(ref, self.base_url, self.enabled):
+                raise FhirError(400, "invalid", f"{path}: reference '{ref[:100]}' names this server's "
+                                f"{ref.split('/', 1)[0][:40] or 'base'} but is not Type/id "
+                                "(id: 1-64 of A-Z a-z 0-9 - .)", [path])
         return out
 
     def _remember_links(self, body: dict) -> set[tuple[str, str]]:
