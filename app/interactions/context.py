@@ -14,7 +14,9 @@ from app.fhir.errors import FhirError
 from app.storage.repository import Repository
 
 TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-ID_RE = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
+# R4's id pattern, less ids of dots only: "." and ".." are legal by the pattern but clients
+# normalise them out of URLs, so such a resource could never be addressed.
+ID_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9\-\.]{1,64}$")
 
 
 @dataclass
@@ -76,7 +78,8 @@ class FhirContext:
     @staticmethod
     def check_id(res_id: str) -> None:
         if not ID_RE.match(res_id):
-            raise FhirError(400, "invalid", f"'{res_id[:80]}' is not a valid resource id ([A-Za-z0-9-.]{{1,64}}).")
+            raise FhirError(400, "invalid", f"'{res_id[:80]}' is not a valid resource id ([A-Za-z0-9-.]{{1,64}}, "
+                                            "not only dots).")
 
 
 def _read_engine(state: Any, timeout_ms: int) -> Any:

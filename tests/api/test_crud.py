@@ -55,6 +55,11 @@ def test_read_unknown_id_is_404_not_found(http, base):
 def test_read_invalid_id_is_400(http, base):
     assert_outcome(http.get(f"{base}/Patient/{'x' * 65}"), 400, "invalid")
     assert_outcome(http.get(f"{base}/Patient/a_b"), 400, "invalid")
+    # legal by R4's pattern, but a URL cannot carry them: refused, never created
+    for dots in ("%2E", "%2E%2E", "..."):
+        r = http.put(f"{base}/Patient/{dots}", json={**patient(), "id": dots.replace("%2E", ".")},
+                     headers=headers())
+        assert_outcome(r, 400, "invalid")
 
 
 def test_vread(http, base):
