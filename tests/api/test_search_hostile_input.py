@@ -955,10 +955,9 @@ def test_every_hostile_search_is_audited(outcomes):
     assert not bad, _report("Requests whose audit record could not be written (logged only)", bad)
 
 
-def test_runtime_is_bounded(outcomes):
+def test_no_search_outlives_its_deadline(outcomes):
+    """A hang check (the app's search deadline is 1 s), not a benchmark."""
     limit = SEARCH_TIMEOUT_MS / 1000 + 9  # the deadline, plus building and shaping around it (and CI noise)
     slow = [(f"over {limit:.0f} s [{a.case.label}]", f"{a.seconds:.1f} s {a.show()}")
             for a in outcomes["answers"] if a.seconds > limit]
     assert not slow, _report(f"Requests slower than {limit:.0f} s", slow)
-    # not a benchmark: a generous bound that catches a matrix grown out of proportion
-    assert outcomes["elapsed"] < 180, json.dumps({"elapsed_s": round(outcomes["elapsed"], 1)})
