@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.indexing.extract import parse_reference, under_base
+from app.indexing.extract import parse_reference
+from app.storage.references import under_base
 
 RELEVANT, LATEST = "RelevantProvenanceResources", "LatestProvenanceResources"
 PROVENANCE_VALUES = (LATEST, RELEVANT)

@@ -45,8 +45,9 @@ from app.indexing.fhirpath import (
 from app.indexing.normalize import normalize_string
 from app.indexing.registry import Registry, SearchParam
 from app.indexing.ucum import UCUM_SYSTEM, canonical
+from app.storage.references import under_base
 
-__all__ = ["extract", "COLUMNS", "KINDS", "parse_reference", "under_base"]
+__all__ = ["extract", "COLUMNS", "KINDS", "parse_reference"]
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "token": ("param", "system", "code", "date_low", "date_high", "grp"),
@@ -467,11 +468,6 @@ def _only_ours(rows: list[dict], base_url: str | None) -> None:
         url = row["url"]
         if url is not None and row["target_id"] is not None and not under_base(url, base_url):
             row["target_type"] = row["target_id"] = None
-
-
-def under_base(url: str, base_url: str | None) -> bool:
-    """``url`` lies under our FHIR base (as a path: ``.../fhir/`` is not under ``.../fh``)."""
-    return bool(base_url) and url.startswith(base_url.rstrip("/") + "/")
 
 
 # The parameter whose envelope token and reference rows carry, and those kinds (decision 0016).

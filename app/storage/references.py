@@ -28,11 +28,19 @@ def iter_references(node: object, path: str = "") -> Iterator[tuple[str, str]]:
             yield from iter_references(item, f"{path}[{i}]")
 
 
+def under_base(url: str, base_url: str | None) -> bool:
+    """``url`` lies under our FHIR base (as a path: ``.../fhir/`` is not under ``.../fh``)."""
+    return bool(base_url) and url.startswith(base_url.rstrip("/") + "/")
+
+
+def _local(ref: str, base_url: str | None) -> str:
+    """``ref`` relative to our base when it is an absolute URL on it; else as it is."""
+    return ref[len(base_url.rstrip("/")) + 1 :] if under_base(ref, base_url) else ref
+
+
 def parse_reference(ref: str, base_url: str | None) -> tuple[str, str] | None:
     """``Type/id`` (relative, or absolute on our own base) as (type, id); None for anything else."""
-    if base_url and ref.startswith(base_url.rstrip("/") + "/"):
-        ref = ref[len(base_url.rstrip("/")) + 1 :]
-    m = _REL.match(ref)
+    m = _REL.match(_local(ref, base_url))
     if not m:
         return None
     return m.group(1), m.group(2)
@@ -46,9 +54,9 @@ def malformed_local(ref: str, base_url: str | None, enabled: frozenset[str] | se
     ``#contained`` and conditional references (``Patient?identifier=...``) are not this."""
     if not ref or ref.startswith(("#", "urn:")):
         return False
-    if base_url and ref.startswith(base_url.rstrip("/") + "/"):
-        ref = ref[len(base_url.rstrip("/")) + 1 :]
-    elif "://" in ref:
+    if under_base(ref, base_url):
+        ref = _local(ref, base_url)
+    elif "://" in ref:  # another server's URL
         return False
     head = ref.split("/", 1)[0]
     return "/" in ref and (head in enabled or head in ("", ".", ".."))
