@@ -141,16 +141,12 @@ def _cut(v: str | None, n: int) -> str | None:
     return v[:n] if v is not None else None
 
 
-def _text(v: str | None, n: int) -> str | None:
+def storable(v: str, n: int) -> str:
     """A value from the request path, storable as text: PostgreSQL refuses NUL in text, and a
     request for ``/fhir/Patient/a%00b`` must still leave its record (as U+FFFD there)."""
-    if v is None:
-        return None
     v = v[:n]
     return v.replace("\x00", "\ufffd") if "\x00" in v else v
 
 
-def storable(v: str, n: int) -> str:
-    """:func:`_text` for a value that is never None (patient ids)."""
-    v = v[:n]
-    return v.replace("\x00", "\ufffd") if "\x00" in v else v
+def _text(v: str | None, n: int) -> str | None:
+    return None if v is None else storable(v, n)
