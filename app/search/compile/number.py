@@ -25,8 +25,7 @@ def value_condition(col: Any, v: NumberValue, scale: Any = None) -> ColumnElemen
     f = scale or (lambda d: float(d))
     p = v.prefix
     if p == "eq":
-        low, high, closed = _range(v, f)
-        return and_(col >= low, col <= high if closed else col < high)
+        return _within(col, v, f)
     if p == "ne":
         low, high, closed = _range(v, f)
         return or_(col < low, col > high if closed else col >= high)
@@ -40,11 +39,16 @@ def value_condition(col: Any, v: NumberValue, scale: Any = None) -> ColumnElemen
         return col <= f(v.value)
     if p == "ap":
         if v.value == 0:
-            low, high, closed = _range(v, f)
-            return and_(col >= low, col <= high if closed else col < high)
+            return _within(col, v, f)
         d = abs(v.value) * Decimal("0.1")
         return and_(col >= f(v.value - d), col <= f(v.value + d))
     raise ValueError(p)
+
+
+def _within(col: Any, v: NumberValue, f: Any) -> ColumnElement[bool]:
+    """``col`` inside the value's precision range (see :func:`_range`)."""
+    low, high, closed = _range(v, f)
+    return and_(col >= low, col <= high if closed else col < high)
 
 
 def _range(v: NumberValue, f: Any) -> tuple[float, float, bool]:
