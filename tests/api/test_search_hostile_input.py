@@ -41,7 +41,6 @@ import logging
 import os
 import re
 import time
-import traceback
 import zlib
 from dataclasses import dataclass, replace
 from urllib.parse import quote
@@ -49,9 +48,7 @@ from urllib.parse import quote
 import pytest
 import requests
 from apihelp import create, observation, patient
-from sqlalchemy import func, select
-
-from app.storage.tables import INDEX_TABLES, ref_link, resource, resource_version
+from hostilehelp import Capture, crash_detail, outcome_issues, report, storage_counts
 
 SEARCH_TIMEOUT_MS = 1000  # this module's app (fixture ``app``): the deadline is what bounds a search
 TIMEOUT_S = 20  # per request: anything slower is reported as a hang
@@ -662,28 +659,6 @@ class Answer:
         return f"{self.method} {'strict' if self.strict else 'lenient'} {self.case.show()}"
 
 
-class _Capture(logging.Handler):
-    """Server-side errors logged while the matrix runs: crashes by incident, audit failures by
-    request id."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.crashes: dict[str, str] = {}
-        self.audit: dict[str, str] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if "incident" in msg and record.exc_info:
-            incident = msg.rsplit("incident ", 1)[1].rstrip(")")
-            frames = [f for f in traceback.extract_tb(record.exc_info[2]) if "/app/" in f.filename][-4:]
-            top = " <- ".join(f"{f.name} (app/{f.filename.rsplit('/app/', 1)[-1]}:{f.lineno})"
-                              for f in reversed(frames))
-            first = str(record.exc_info[1]).splitlines()[0][:160]
-            self.crashes[incident] = f"{record.exc_info[0].__name__}: {first} | {top}"
-        elif "audit record could not be written" in msg:
-            self.audit[msg.rsplit("request ", 1)[1].rstrip(")")] = msg
-
-
 def _send(http, base: str, case: Case, method: str, strict: bool) -> Answer:
     hdrs = dict(STRICT) if strict else {}
     path = f"{base}/{case.path}" if case.path else base
@@ -706,15 +681,6 @@ def _send(http, base: str, case: Case, method: str, strict: bool) -> Answer:
         body = None
     return Answer(case, method, strict, r.status_code, body, r.headers.get("Content-Type", ""),
                   request_id=r.headers.get("X-Request-Id", ""), seconds=time.perf_counter() - t0)
-
-
-def _storage_counts(app) -> dict[str, int]:
-    engine = app.extensions["results_repo"].engine
-    tables = [resource, resource_version, ref_link, *INDEX_TABLES.values()]
-    with engine.connect() as c:
-        counts = {t.name: c.execute(select(func.count()).select_from(t)).scalar_one() for t in tables}
-        counts["max_version"] = c.execute(select(func.max(resource.c.version))).scalar_one()
-    return counts
 
 
 @pytest.fixture(scope="module")
@@ -768,9 +734,9 @@ def outcomes(app, http, base, seeded, database_url):
     """Every case, every way, once per database: (answers, captured server errors, before/after)."""
     registry = app.extensions["results_repo"].registry
     cases = build_cases(registry, seeded)
-    before_rows = _storage_counts(app)
+    before_rows = storage_counts(app)
     before_docs = {ref: http.get(f"{base}/{ref}").content for ref in seeded["refs"]}
-    cap = _Capture()
+    cap = Capture()
     loggers = [logging.getLogger("results_repo.errors"), logging.getLogger("results_repo.audit")]
     propagate = [lg.propagate for lg in loggers]
     for lg in loggers:  # collected here (crash tracebacks of deep chains run to thousands of lines)
@@ -797,19 +763,19 @@ def outcomes(app, http, base, seeded, database_url):
             lg.removeHandler(cap)
             lg.propagate = prop
     elapsed = time.perf_counter() - t0
-    after_rows = _storage_counts(app)
+    after_rows = storage_counts(app)
     after_docs = {ref: http.get(f"{base}/{ref}").content for ref in seeded["refs"]}
     backend = database_url.split(":", 1)[0]
     dump = os.environ.get("HOSTILE_SEARCH_DUMP")  # a JSON-lines file of every answer, to study a run
     if dump:
         with open(dump, "a", encoding="utf-8") as f:
             for a in answers:
-                first = (_issues(a.body) or [{}])[0]
+                first = (outcome_issues(a.body) or [{}])[0]
                 f.write(json.dumps({"db": backend, "method": a.method, "strict": a.strict, "status": a.status,
                                     "seconds": round(a.seconds, 3), "label": a.case.label, "expect": a.case.expect,
                                     "request": a.case.show(), "code": first.get("code"),
                                     "diagnostics": str(first.get("diagnostics", ""))[:300],
-                                    "crash": _crash_detail(a, cap)}) + "\n")
+                                    "crash": crash_detail(a.body, cap)}) + "\n")
     statuses: dict[int | None, int] = {}
     for a in answers:
         statuses[a.status] = statuses.get(a.status, 0) + 1
@@ -822,33 +788,6 @@ def outcomes(app, http, base, seeded, database_url):
 
 # ---------------------------------------------------------------------------------------------
 # Helpers for the checks
-
-
-def _issues(body) -> list[dict]:
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        return [i for i in body.get("issue", []) if isinstance(i, dict)]
-    return []
-
-
-def _crash_detail(a: Answer, cap: _Capture) -> str:
-    for issue in _issues(a.body):
-        m = re.search(r"incident ([0-9a-f]{12})", issue.get("diagnostics", ""))
-        if m and m.group(1) in cap.crashes:
-            return cap.crashes[m.group(1)]
-    return ""
-
-
-def _report(title: str, found: list[tuple[str, str]], limit: int = 40) -> str:
-    """``found``: (what went wrong, the request) pairs, grouped by the first with a count and up to
-    two example requests each, so a systematic defect is one line however many cases hit it."""
-    groups: dict[str, list[str]] = {}
-    for what, example in found:
-        groups.setdefault(what, [])
-        if example not in groups[what]:
-            groups[what].append(example)
-    lines = [f"{len(ex)}x {what}\n      e.g. " + "\n      e.g. ".join(ex[:2]) for what, ex in groups.items()]
-    more = f"\n  ... and {len(lines) - limit} more groups" if len(lines) > limit else ""
-    return f"{title} ({len(found)} answers, {len(groups)} groups):\n  " + "\n  ".join(lines[:limit]) + more
 
 
 def _matches(body) -> int:
@@ -881,15 +820,15 @@ def test_no_500_no_hang_and_every_answer_is_json(outcomes):
         if a.status is None:
             bad.append((f"no answer: {a.error[:120]} [{a.case.label}]", a.show()))
         elif a.status not in allowed:
-            detail = _crash_detail(a, cap) or str(_issues(a.body)[:1])[:200]
+            detail = crash_detail(a.body, cap) or str(outcome_issues(a.body)[:1])[:200]
             bad.append((f"{a.status} [{a.case.label}] {detail}", a.show()))
         elif not isinstance(a.body, dict) or not a.ctype.startswith("application/fhir+json"):
             bad.append((f"{a.status} not FHIR JSON ({a.ctype}) [{a.case.label}]", a.show()))
         elif a.status == 200 and a.body.get("resourceType") != "Bundle":
             bad.append((f"200 without a Bundle [{a.case.label}]", a.show()))
-        elif a.status != 200 and not _issues(a.body):
+        elif a.status != 200 and not outcome_issues(a.body):
             bad.append((f"{a.status} without an OperationOutcome [{a.case.label}]", a.show()))
-    assert not bad, _report("Answers outside 200/400 (or the case's 404/406/413), or not FHIR JSON", bad)
+    assert not bad, report("Answers outside 200/400 (or the case's 404/406/413), or not FHIR JSON", bad)
 
 
 def test_every_400_names_the_parameter(outcomes):
@@ -897,7 +836,7 @@ def test_every_400_names_the_parameter(outcomes):
     for a in outcomes["answers"]:
         if a.status != 400:
             continue
-        issues = _issues(a.body)
+        issues = outcome_issues(a.body)
         if not a.case.names or any(i.get("code") in NAMELESS_CODES for i in issues):
             continue  # a bad path, or the search as a whole refused (too long for a link, too costly)
         diags = " ".join(i.get("diagnostics", "") for i in issues)
@@ -909,13 +848,13 @@ def test_every_400_names_the_parameter(outcomes):
         shape = re.sub(r"'[^']*'", "'...'", first.get("diagnostics", ""))[:100]
         bad.append((f"{where} [{a.case.label}]: {first.get('code')}: {shape}",
                     f"{a.case.show()} -> {first.get('diagnostics', '')[:100]}"))
-    assert not bad, _report("400s whose diagnostics do not name the parameter", bad)
+    assert not bad, report("400s whose diagnostics do not name the parameter", bad)
 
 
 def test_strict_answers_200_only_when_it_can_honour_the_search(outcomes):
     bad = [(f"{a.case.expect} [{a.case.label}]", a.case.show()) for a in outcomes["answers"]
            if a.strict and a.status == 200 and a.case.expect in (INVALID, UNSUPPORTED)]
-    assert not bad, _report("200 under Prefer: handling=strict for a search it cannot honour as asked", bad)
+    assert not bad, report("200 under Prefer: handling=strict for a search it cannot honour as asked", bad)
 
 
 def test_strict_and_lenient_agree_on_valid_searches(outcomes):
@@ -925,19 +864,19 @@ def test_strict_and_lenient_agree_on_valid_searches(outcomes):
     for a in outcomes["answers"]:
         if a.case.expect != VALID or a.status in (200, None) or a.status in a.case.also or a.status >= 500:
             continue
-        issues = _issues(a.body)
+        issues = outcome_issues(a.body)
         if {i.get("code") for i in issues} & NAMELESS_CODES:
             continue
         first = (issues or [{}])[0]
         bad.append((f"{a.status} [{a.case.label}] {first.get('code')}", f"{a.case.show()} -> "
                     f"{first.get('diagnostics', '')[:120]}"))
-    assert not bad, _report("Valid searches refused", bad)
+    assert not bad, report("Valid searches refused", bad)
 
 
 def test_sql_fragments_and_wildcards_match_nothing(outcomes):
     bad = [(f"matched [{a.case.label}]", f"{_matches(a.body)} matches: {a.show()}") for a in outcomes["answers"]
            if a.case.no_match and a.status == 200 and _matches(a.body)]
-    assert not bad, _report("SQL fragments or LIKE wildcards that matched stored resources", bad)
+    assert not bad, report("SQL fragments or LIKE wildcards that matched stored resources", bad)
 
 
 def test_data_intact_after_the_run(outcomes):
@@ -952,7 +891,7 @@ def test_every_hostile_search_is_audited(outcomes):
     cap = outcomes["capture"]
     bad = [(f"{a.status} [{a.case.label}]", a.show()) for a in outcomes["answers"]
            if a.request_id and a.request_id in cap.audit]
-    assert not bad, _report("Requests whose audit record could not be written (logged only)", bad)
+    assert not bad, report("Requests whose audit record could not be written (logged only)", bad)
 
 
 def test_no_search_outlives_its_deadline(outcomes):
@@ -960,4 +899,4 @@ def test_no_search_outlives_its_deadline(outcomes):
     limit = SEARCH_TIMEOUT_MS / 1000 + 9  # the deadline, plus building and shaping around it (and CI noise)
     slow = [(f"over {limit:.0f} s [{a.case.label}]", f"{a.seconds:.1f} s {a.show()}")
             for a in outcomes["answers"] if a.seconds > limit]
-    assert not slow, _report(f"Requests slower than {limit:.0f} s", slow)
+    assert not slow, report(f"Requests slower than {limit:.0f} s", slow)

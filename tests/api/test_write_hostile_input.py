@@ -32,15 +32,12 @@ import itertools
 import json
 import logging
 import time
-import traceback
 from dataclasses import dataclass, field
 
 import pytest
 import requests
 from apihelp import SYS, create, observation, patient
-from sqlalchemy import func, select
-
-from app.storage.tables import INDEX_TABLES, ref_link, resource, resource_version
+from hostilehelp import Capture, crash_detail, outcome_issues, report, storage_counts
 
 FHIR_JSON = "application/fhir+json"
 PATCH_JSON = "application/json-patch+json"
@@ -562,33 +559,6 @@ class Answer:
     changed: dict = field(default_factory=dict)
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.crashes: dict[str, str] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if "incident" in msg and record.exc_info:
-            incident = msg.rsplit("incident ", 1)[1].rstrip(")")
-            frames = [f for f in traceback.extract_tb(record.exc_info[2]) if "/app/" in f.filename][-4:]
-            top = " <- ".join(f"{f.name} (app/{f.filename.rsplit('/app/', 1)[-1]}:{f.lineno})"
-                              for f in reversed(frames))
-            first = str(record.exc_info[1]).splitlines()[0][:200] if str(record.exc_info[1]) else ""
-            self.crashes[incident] = f"{record.exc_info[0].__name__}: {first} | {top}"
-
-
-def _counts(app) -> dict[str, int]:
-    engine = app.extensions["results_repo"].engine
-    tables = [resource, resource_version, ref_link, *INDEX_TABLES.values()]
-    with engine.connect() as c:
-        counts = {t.name: c.execute(select(func.count()).select_from(t)).scalar_one() for t in tables}
-        counts["max_version"] = c.execute(select(func.max(resource.c.version))).scalar_one()
-        counts["sum_version"] = c.execute(select(func.sum(resource.c.version))).scalar_one()
-        counts["deleted"] = c.execute(select(func.count()).select_from(resource).where(resource.c.deleted)).scalar_one()
-    return counts
-
-
 def _send(http, base: str, case: Case) -> Answer:
     url = f"{base}/{case.path}" if case.path else base
     req = http.prepare_request(requests.Request(case.method, url, headers=dict(case.headers), data=case.body))
@@ -627,7 +597,7 @@ def seeded(http, base) -> dict:
 @pytest.fixture(scope="module")
 def outcomes(app, http, base, seeded, database_url):
     cases = all_cases(seeded)
-    cap = _Capture()
+    cap = Capture()
     errlog = logging.getLogger("results_repo.errors")
     propagate = errlog.propagate
     errlog.addHandler(cap)
@@ -639,9 +609,9 @@ def outcomes(app, http, base, seeded, database_url):
     t0 = time.perf_counter()
     try:
         for case in cases:
-            before = _counts(app)
+            before = storage_counts(app)
             a = _send(http, base, case)
-            after = _counts(app)
+            after = storage_counts(app)
             a.changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
             answers.append(a)
     finally:
@@ -666,31 +636,6 @@ def outcomes(app, http, base, seeded, database_url):
 # The checks
 
 
-def _issues(body) -> list[dict]:
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        return [i for i in body.get("issue", []) if isinstance(i, dict)]
-    return []
-
-
-def _crash(body, cap: _Capture) -> str:
-    for issue in _issues(body):
-        d = str(issue.get("diagnostics", ""))
-        if "incident " in d:
-            inc = d.split("incident ", 1)[1][:12]
-            return cap.crashes.get(inc, d[:200])
-    return ""
-
-
-def _report(title: str, found: list[tuple[str, str]]) -> str:
-    groups: dict[str, list[str]] = {}
-    for what, example in found:
-        groups.setdefault(what, [])
-        if example not in groups[what]:
-            groups[what].append(example)
-    lines = [f"{len(ex)}x {what}\n      e.g. " + "\n      e.g. ".join(ex[:2]) for what, ex in groups.items()]
-    return f"{title} ({len(found)}):\n  " + "\n  ".join(lines)
-
-
 def test_no_500_and_every_refusal_is_an_outcome(outcomes):
     cap = outcomes["capture"]
     bad = []
@@ -699,16 +644,16 @@ def test_no_500_and_every_refusal_is_an_outcome(outcomes):
         if a.status is None:
             bad.append((f"no answer: {a.error[:150]} {label}", a.case.show()))
         elif a.status >= 500:
-            bad.append((f"{a.status} {label} {_crash(a.body, cap)}", a.case.show()))
-        elif a.status >= 400 and (not a.ctype.startswith(FHIR_JSON) or not _issues(a.body)):
+            bad.append((f"{a.status} {label} {crash_detail(a.body, cap)}", a.case.show()))
+        elif a.status >= 400 and (not a.ctype.startswith(FHIR_JSON) or not outcome_issues(a.body)):
             bad.append((f"{a.status} without a FHIR JSON OperationOutcome ({a.ctype}) {label}", a.case.show()))
         if a.case.batch and isinstance(a.body, dict) and a.body.get("resourceType") == "Bundle":
             for i, e in enumerate(a.body.get("entry", [])):
                 st = str(e.get("response", {}).get("status", ""))
                 if st.startswith("5"):
                     outcome = e.get("response", {}).get("outcome")
-                    bad.append((f"batch entry {i} answered {st} {label} {_crash(outcome, cap)}", a.case.show()))
-    assert not bad, _report("500s, hangs or refusals that are not OperationOutcomes", bad)
+                    bad.append((f"batch entry {i} answered {st} {label} {crash_detail(outcome, cap)}", a.case.show()))
+    assert not bad, report("500s, hangs or refusals that are not OperationOutcomes", bad)
 
 
 def test_refused_writes_change_nothing(outcomes):
@@ -720,17 +665,17 @@ def test_refused_writes_change_nothing(outcomes):
             ok = sum(1 for e in a.body.get("entry", []) if str(e.get("response", {}).get("status", "")).startswith("2"))
             if ok == 0 and a.changed:
                 bad.append((f"batch with no successful entry changed rows {a.changed} [{a.case.label}]", a.case.show()))
-    assert not bad, _report("Partial writes", bad)
+    assert not bad, report("Partial writes", bad)
 
 
 def test_status_is_one_the_standard_allows(outcomes):
     bad = []
     for a in outcomes["answers"]:
         if a.status is not None and a.status < 500 and a.status not in a.case.allowed:
-            first = (_issues(a.body) or [{}])[0]
+            first = (outcome_issues(a.body) or [{}])[0]
             why = f"{first.get('code', '')}: {str(first.get('diagnostics', ''))[:140]}" if first else ""
             bad.append((f"{a.status}, allowed {sorted(a.case.allowed)} [{a.case.label}] {why}", a.case.show()))
-    assert not bad, _report("Statuses outside the allowed set", bad)
+    assert not bad, report("Statuses outside the allowed set", bad)
 
 
 def test_refused_writes_left_the_targets_alone(outcomes):
